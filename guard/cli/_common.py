@@ -1,0 +1,45 @@
+"""Shared pieces of the CLI: the root app, the error-to-exit-code mapping, stderr console."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, GuardError, KeyFileError, ModelError
+
+EXIT_WATERMARKED, EXIT_NONE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="guard",
+    help="Watermark, detect and erase concepts in autoregressive image generators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True, highlight=False)
+
+
+def info(msg: str) -> None:
+    """A log line on stderr (never data)."""
+    stderr.print(msg, markup=False)
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Turn guard's errors into one clear stderr line and exit code 2."""
+    try:
+        yield
+    except (ConfigError, KeyFileError, ModelError, GuardError) as e:
+        stderr.print(f"error: {e}", markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+def is_tty_stderr() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,40 @@
+"""Model adapters: the `Tokenizer` / `Generator` protocols and `load(spec)`, the one entry point.
+
+    >>> from guard.models import load
+    >>> gen = load("reference")          # the embedded shapes generator (default everywhere)
+"""
+
+from __future__ import annotations
+
+from .base import Generator, LogitsProcessorLike, Tokenizer
+
+__all__ = ["Generator", "LogitsProcessorLike", "Tokenizer", "load", "load_tokenizer"]
+
+SPEC_HELP = "'reference' (the embedded generator)"
+
+
+def load(spec: str = "reference") -> Generator:
+    """Return the `Generator` named by `spec`; its `.tokenizer` is its `Tokenizer`.
+
+    Raises `ModelError` for an unknown spec or missing/corrupt weights.
+    """
+    from ..errors import ModelError
+
+    kind, _, path = spec.partition(":")
+    if kind == "reference" and not path:
+        from .reference import load_reference
+
+        return load_reference()
+    raise ModelError(f"unknown model spec {spec!r}; supported: {SPEC_HELP}")
+
+
+def load_tokenizer(spec: str = "reference") -> Tokenizer:
+    """Only the tokenizer of `spec` (detection needs no generator)."""
+    from ..errors import ModelError
+
+    kind, _, path = spec.partition(":")
+    if kind == "reference" and not path:
+        from .reference import load_tokenizer as _load
+
+        return _load()
+    raise ModelError(f"unknown model spec {spec!r}; supported: {SPEC_HELP}")

@@ -1,0 +1,86 @@
+"""A small CNN that reads a shapes scene: for each quadrant, its shape (or empty), colour and size.
+
+It measures prompt adherence of generated images and concept presence for erasure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_prompt
+
+
+class SceneClassifier(nn.Module):
+    """(B,3,64,64) in [0,1] -> per-quadrant logits: shape (B,4,7), colour (B,4,6), size (B,4,2)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+        self.features = nn.Sequential(block(3, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2),
+                                      block(2 * w, 4 * w), nn.MaxPool2d(2), block(4 * w, 4 * w))  # (B,4w,8,8)
+        self.n_shape, self.n_colour, self.n_size = len(SHAPES) + 1, len(COLOURS), len(SIZES)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 128), nn.ReLU(),
+                                  nn.Linear(128, self.n_shape + self.n_colour + self.n_size))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = self.features(x * 2 - 1)  # (B,C,8,8)
+        b, c = f.shape[:2]
+        # Quadrants in POSITIONS order: top left, top right, bottom left, bottom right.
+        q = f.view(b, c, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(b * 4, c, 4, 4)
+        out = self.head(q).view(b, 4, -1)
+        return out[..., : self.n_shape], out[..., self.n_shape: self.n_shape + self.n_colour], out[..., -self.n_size:]
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """labels (B,4,3): shape+1 (0 empty), colour, size; colour/size only count where an object is."""
+        s, c, z = self(x)
+        present = labels[..., 0] > 0
+        loss = F.cross_entropy(s.reshape(-1, self.n_shape), labels[..., 0].reshape(-1))
+        if present.any():
+            loss = loss + F.cross_entropy(c[present], labels[..., 1][present])
+            loss = loss + F.cross_entropy(z[present], labels[..., 2][present])
+        return loss
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,4,3) predicted labels in the same layout as `shapes.scene_labels`."""
+        s, c, z = self(x)
+        return torch.stack([s.argmax(-1), c.argmax(-1), z.argmax(-1)], -1)
+
+
+@dataclass(frozen=True)
+class Adherence:
+    """Fraction of prompted objects whose shape / colour / both the classifier confirms."""
+
+    shape: float
+    colour: float
+    both: float
+    n_objects: int
+
+
+def prompt_adherence(classifier: SceneClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[Adherence, torch.Tensor]:
+    """Judge each image against its prompt. Returns the summary and a per-image bool (all objects right)."""
+    pred = torch.cat([classifier.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
+    ok_s = ok_c = ok_b = n = 0
+    per_image = torch.zeros(len(prompts), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        all_ok = True
+        for shape, colour, _size, pos in parse_prompt(p):
+            q = POSITIONS.index(pos)
+            s_ok = int(pred[i, q, 0]) == SHAPES.index(shape) + 1
+            c_ok = int(pred[i, q, 1]) == COLOURS.index(colour)
+            ok_s += s_ok
+            ok_c += c_ok
+            ok_b += s_ok and c_ok
+            all_ok &= s_ok and c_ok
+            n += 1
+        per_image[i] = all_ok
+    return Adherence(ok_s / n, ok_c / n, ok_b / n, n), per_image

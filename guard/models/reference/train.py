@@ -1,0 +1,328 @@
+"""Train the reference generator's components on CPU, seeded and logged.
+
+    python -m guard.models.reference.train vq --steps 3000 --out guard/models/reference/weights
+    python -m guard.models.reference.train classifier --steps 1500
+    python -m guard.models.reference.train gpt --steps 3000
+    python -m guard.models.reference.train all
+
+Each component writes `<name>.safetensors` plus its section of `card.json` (command, seed, data
+version, metrics, wall time) into `--out`; checkpoints go to `--workdir` every `--ckpt-every` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .data import HELDOUT_SEED_BASE, cached_dataset
+from .shapes import DATA_VERSION
+
+DEFAULT_OUT = Path(__file__).parent / "weights"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def to_float(imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0,1]."""
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def update_card(out: Path, name: str, section: dict) -> None:
+    path = out / "card.json"
+    card = json.loads(path.read_text()) if path.exists() else {"data_version": DATA_VERSION, "components": {}}
+    card["components"][name] = section
+    card["files"] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(out.glob("*.safetensors"))}
+    path.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- VQ
+def uint8_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """Straight-through rounding to 8-bit levels, as saving a PNG does."""
+    return x + ((x.clamp(0, 1) * 255).round() / 255 - x).detach()
+
+
+@torch.no_grad()
+def eval_vq(model, imgs: torch.Tensor, batch: int = 250) -> dict:
+    model.eval()
+    ps, agree, used = [], [], torch.zeros(model.cfg.codebook_size, dtype=torch.bool)
+    for i in range(0, len(imgs), batch):
+        x = imgs[i:i + batch]
+        idx = model.encode(x)
+        rec = model.decode(idx)
+        ps.append(psnr((rec * 255).round() / 255, x))
+        idx2 = model.encode((rec * 255).round() / 255)
+        agree.append((idx2 == idx).float().flatten(1).mean(1))
+        used[idx.flatten()] = True
+    model.train()
+    return {"psnr_db": float(torch.cat(ps).mean()), "roundtrip_agreement": float(torch.cat(agree).mean()),
+            "codes_used": int(used.sum())}
+
+
+def train_vq(args) -> None:
+    from .vq import VQConfig, VQModel
+
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    imgs, _, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
+    test, _, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
+    x_all, x_test = torch.from_numpy(imgs), to_float(test)
+    log(f"vq: data {len(imgs)} train / {len(test)} held-out rendered in {time.time() - t0:.0f}s")
+    model = VQModel(VQConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(args.seed)
+    usage = torch.zeros(model.cfg.codebook_size)
+    idem_start = int(args.steps * (1 - args.idem_frac))
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        sel = torch.randint(0, len(x_all), (args.batch,), generator=gen)
+        x = x_all[sel].permute(0, 3, 1, 2).float().div(255.0)
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(3)
+        rec, idx, vq_loss, z = model(x)
+        loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean() + vq_loss
+        idem = torch.zeros(())
+        if step >= idem_start:
+            z2 = model.encode_latent(uint8_roundtrip(rec))
+            logits = model.code_logits(z2).reshape(-1, model.cfg.codebook_size) / args.tau
+            zq = model.lookup(idx).detach()
+            idem = F.cross_entropy(logits, idx.reshape(-1)) + F.mse_loss(z2, zq) * 10
+            loss = loss + args.idem_weight * idem
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            usage.mul_(0.99).add_(torch.bincount(idx.flatten(), minlength=model.cfg.codebook_size).float())
+            if step % args.restart_every == 0 and step > 0 and step < idem_start:
+                dead = (usage < 0.03).nonzero().flatten()
+                if len(dead):
+                    zf = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                    pick = zf[torch.randint(0, len(zf), (len(dead),), generator=gen)]
+                    model.codebook.data[dead] = F.normalize(pick + 0.01 * torch.randn_like(pick), dim=-1)
+                    usage[dead] = 1.0
+                    log(f"vq step {step}: restarted {len(dead)} dead codes")
+        if step % args.log_every == 0 or step == args.steps - 1:
+            with torch.no_grad():
+                p = psnr(rec.clamp(0, 1), x).mean()
+            log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.3f} "
+                f"alive {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
+        if (step + 1) % args.ckpt_every == 0:
+            save_file(model.state_dict(), str(Path(args.workdir) / "vq.ckpt.safetensors"))
+            m = eval_vq(model, x_test[:500])
+            log(f"vq eval step {step + 1}: {m}")
+    metrics = eval_vq(model, x_test)
+    log(f"vq final held-out: {metrics}")
+    save_file(model.state_dict(), str(Path(args.out) / "vq.safetensors"))
+    update_card(Path(args.out), "vq", {
+        "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
+        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
+        "n_train": args.n_train, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+    })
+
+
+# ---------------------------------------------------------------------------------------- classifier
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur and noise so the classifier also reads VQ-decoded (slightly soft) images."""
+    b = len(x)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    w = torch.rand(b, 1, 1, 1, generator=gen)
+    x = x * (1 - w) + blurred * w
+    x = x + torch.randn(x.shape, generator=gen) * 0.02 * torch.rand(b, 1, 1, 1, generator=gen)
+    return x.clamp(0, 1)
+
+
+def train_classifier(args) -> None:
+    from .classifier import SceneClassifier
+    from .vq import VQModel
+
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    imgs, labels, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
+    test, test_labels, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
+    vq = None
+    vq_path = Path(args.out) / "vq.safetensors"
+    if vq_path.exists():
+        vq = VQModel()
+        vq.load_state_dict(load_file(str(vq_path)))
+        vq.eval()
+        log("classifier: half of the batches go through the VQ round trip")
+    x_all, y_all = torch.from_numpy(imgs), torch.from_numpy(labels)
+    model = SceneClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        sel = torch.randint(0, len(x_all), (args.batch,), generator=gen)
+        x = x_all[sel].permute(0, 3, 1, 2).float().div(255.0)
+        if vq is not None and step % 2 == 1:
+            x = vq.decode(vq.encode(x))
+        x = _augment(x, gen)
+        loss = model.loss(x, y_all[sel])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            log(f"classifier step {step}/{args.steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+    model.eval()
+    metrics = eval_classifier(model, to_float(test), torch.from_numpy(test_labels), vq)
+    log(f"classifier held-out: {metrics}")
+    save_file(model.state_dict(), str(Path(args.out) / "classifier.safetensors"))
+    update_card(Path(args.out), "classifier", {
+        "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
+        "seed": args.seed, "steps": args.steps, "batch": args.batch, "n_train": args.n_train,
+        "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+    })
+
+
+@torch.no_grad()
+def eval_classifier(model, x: torch.Tensor, labels: torch.Tensor, vq=None) -> dict:
+    """Per-object accuracy of shape/colour/size and exact-scene accuracy on rendered (and VQ-decoded) scenes."""
+    def score(imgs: torch.Tensor) -> dict:
+        pred = torch.cat([model.predict(imgs[i:i + 250]) for i in range(0, len(imgs), 250)])
+        present = labels[..., 0] > 0
+        return {
+            "shape_acc": float((pred[..., 0] == labels[..., 0])[present].float().mean()),
+            "colour_acc": float((pred[..., 1] == labels[..., 1])[present].float().mean()),
+            "size_acc": float((pred[..., 2] == labels[..., 2])[present].float().mean()),
+            "empty_acc": float((pred[..., 0] == 0)[~present].float().mean()),
+            "scene_exact": float(((pred[..., 0] == labels[..., 0]) & ((pred[..., 1] == labels[..., 1]) | ~present)).all(1).float().mean()),
+        }
+    out = {"rendered": score(x)}
+    if vq is not None:
+        out["vq_decoded"] = score(torch.cat([vq.decode(vq.encode(x[i:i + 250])) for i in range(0, len(x), 250)]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- GPT
+def make_tokens(args) -> None:
+    """Encode the GPT's training scenes (held-out triples excluded) with the shipped VQ."""
+    from .vq import VQModel
+
+    t0 = time.time()
+    imgs, _, prompts = cached_dataset(args.workdir, 0, args.n_train, "train")
+    vq = VQModel()
+    vq.load_state_dict(load_file(str(Path(args.out) / "vq.safetensors")))
+    vq.eval()
+    codes = torch.cat([vq.encode(to_float(imgs[i:i + 500])) for i in range(0, len(imgs), 500)])
+    path = Path(args.workdir) / "gpt_tokens.npz"
+    np.savez(path, codes=codes.numpy().astype(np.int16), prompts=np.array(prompts))
+    log(f"tokens: {len(codes)} scenes encoded in {time.time() - t0:.0f}s -> {path}")
+
+
+def train_gpt(args) -> None:
+    from .gpt import GPTConfig, ShapesGPT, null_prompt, tokenize_prompts
+
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    d = np.load(Path(args.workdir) / "gpt_tokens.npz")
+    codes = torch.from_numpy(d["codes"].astype(np.int64)).flatten(1)
+    text = tokenize_prompts([str(p) for p in d["prompts"]])
+    log(f"gpt: {len(codes)} sequences")
+    model = ShapesGPT(GPTConfig())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        sel = torch.randint(0, len(codes), (args.batch,), generator=gen)
+        c, t = codes[sel], text[sel].clone()
+        drop = torch.rand(args.batch, generator=gen) < 0.1
+        t[drop] = null_prompt(int(drop.sum()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(t, c)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), c.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % args.log_every == 0 or step == args.steps - 1:
+            log(f"gpt step {step}/{args.steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{time.time() - t0:.0f}s")
+        if (step + 1) % args.ckpt_every == 0:
+            save_file(model.state_dict(), str(Path(args.workdir) / "gpt.ckpt.safetensors"))
+    save_file(model.state_dict(), str(Path(args.out) / "gpt.safetensors"))
+    update_card(Path(args.out), "gpt", {
+        "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
+        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
+        "n_train": len(codes), "final_train_loss": round(loss.item(), 4), "precision": "bf16 autocast",
+        "wall_time_s": round(time.time() - t0, 1),
+    })
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m guard.models.reference.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("component", choices=["vq", "classifier", "gpt", "tokens", "all"])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "guard" / "train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=None)
+    # VQ
+    p.add_argument("--idem-frac", type=float, default=0.35, help="final fraction of VQ steps with the idempotence loss")
+    p.add_argument("--idem-weight", type=float, default=0.1)
+    p.add_argument("--tau", type=float, default=0.05)
+    p.add_argument("--restart-every", type=int, default=100)
+    return p
+
+
+DEFAULTS = {
+    "vq": {"steps": 3000, "batch": 32, "lr": 2e-3, "n_train": 40000},
+    "classifier": {"steps": 1500, "batch": 128, "lr": 2e-3, "n_train": 40000},
+    "gpt": {"steps": 3000, "batch": 32, "lr": 1e-3, "n_train": 60000},
+    "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    comps = ["vq", "classifier", "tokens", "gpt"] if args.component == "all" else [args.component]
+    for comp in comps:
+        a = argparse.Namespace(**vars(args))
+        for k, v in DEFAULTS[comp].items():
+            if getattr(a, k) is None:
+                setattr(a, k, v)
+        globals()[{"vq": "train_vq", "classifier": "train_classifier", "tokens": "make_tokens", "gpt": "train_gpt"}[comp]](a)
+
+
+if __name__ == "__main__":
+    main()
