@@ -1,0 +1,32 @@
+"""`guard keygen`: create a watermark key file (mode 0600) and print its key id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..keys import WatermarkKey, default_key_path
+from ._common import app, exit_on_error, info
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path | None, typer.Option("--out", help="Key file to write (default: the default key, "
+                                              "$XDG_CONFIG_HOME/guard/keys/default.json).")] = None,
+    lists: Annotated[int, typer.Option("--lists", min=1, help="Number of green lists K in the key's pool.")] = 8,
+    gamma: Annotated[float, typer.Option("--gamma", help="Green-list fraction, strictly between 0 and 1.")] = 0.25,
+    model: Annotated[str, typer.Option("--model", help="Model spec whose tokenizer the key is bound to.")] = "reference",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")] = False,
+) -> None:
+    """Create a watermark key for a model's tokenizer; prints the key id (never the secret) on stdout."""
+    from ..models import load_tokenizer
+
+    with exit_on_error():
+        tok = load_tokenizer(model)
+        key = WatermarkKey.create(tok, gamma=gamma, n_lists=lists)
+        path = key.save(out if out is not None else default_key_path(), overwrite=force)
+        info(f"wrote key {key.key_id} (K={key.n_lists}, gamma={key.gamma}, tokenizer {key.tokenizer_id}) to {path} "
+             f"with mode 0600")
+    typer.echo(key.key_id)

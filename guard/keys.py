@@ -1,0 +1,303 @@
+"""Watermark keys: a 32-byte secret plus the public parameters it is bound to.
+
+A key file is JSON, written with mode 0600 and refused when group- or world-readable. The secret is
+stored base64-encoded beside an HMAC over the metadata, so edits to gamma, n_lists or the tokenizer
+binding are detected on load. The secret never appears in `repr`, `str`, logs, exceptions or results:
+`derive()` is the only way to use it.
+
+    >>> from guard.keys import WatermarkKey
+    >>> from guard.models import load_tokenizer
+    >>> tok = load_tokenizer("reference")
+    >>> key = WatermarkKey.create(tok, gamma=0.25, n_lists=8)
+    >>> key.save("my.key")                         # mode 0600; refuses to overwrite
+    >>> WatermarkKey.load("my.key").key_id == key.key_id
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, KeyFileError
+
+__all__ = ["SCHEME", "WatermarkKey", "default_key_path", "load_or_create_default"]
+
+SCHEME = "lbw-v1"
+SECRET_BYTES = 32
+_KEY_ID_PREFIX = b"guard-key-id"
+_MAC_PREFIX = b"guard/key-mac/v1/"
+_META_FIELDS = ("created", "gamma", "key_id", "n_lists", "scheme", "tokenizer_id", "vocab_size")
+
+
+def _key_id(secret: bytes) -> str:
+    return hashlib.sha256(_KEY_ID_PREFIX + secret).hexdigest()[:16]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, repr=False)
+class WatermarkKey:
+    """A watermark key: public parameters as fields, the secret held privately (never a field).
+
+    Attributes:
+        key_id: first 16 hex chars of SHA-256(b"guard-key-id" + secret); names the key publicly.
+        gamma: green-list fraction, 0 < gamma < 1.
+        n_lists: number of green lists K in the pool, >= 1.
+        tokenizer_id: the `Tokenizer.id` the key is bound to.
+        vocab_size: that tokenizer's vocabulary size.
+        scheme: derivation version ("lbw-v1").
+        created: creation time, ISO 8601 UTC.
+
+    Build keys with `create()` or `load()`; the constructor alone gives a key without a secret.
+    """
+
+    key_id: str
+    gamma: float
+    n_lists: int
+    tokenizer_id: str
+    vocab_size: int
+    scheme: str = SCHEME
+    created: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.gamma, (int, float)) and not isinstance(self.gamma, bool) and 0 < self.gamma < 1):
+            raise ConfigError(f"gamma must be a number strictly between 0 and 1, got {self.gamma!r}")
+        if not isinstance(self.n_lists, int) or isinstance(self.n_lists, bool) or self.n_lists < 1:
+            raise ConfigError(f"n_lists must be an int >= 1, got {self.n_lists!r}")
+        if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 2:
+            raise ConfigError(f"vocab_size must be an int >= 2, got {self.vocab_size!r}")
+        if not isinstance(self.tokenizer_id, str) or not self.tokenizer_id:
+            raise ConfigError(f"tokenizer_id must be a non-empty string, got {self.tokenizer_id!r}")
+        if self.scheme != SCHEME:
+            raise ConfigError(f"scheme must be {SCHEME!r}, got {self.scheme!r}")
+        object.__setattr__(self, "gamma", float(self.gamma))
+        object.__setattr__(self, "_secret", None)
+
+    # ------------------------------------------------------------------------------------ building
+    @classmethod
+    def _from_secret(cls, secret: bytes, *, gamma: float, n_lists: int, tokenizer_id: str, vocab_size: int,
+                     created: str | None = None) -> "WatermarkKey":
+        """Build a key around a given secret (tests and reproducible benchmarks; use `create()` otherwise)."""
+        if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
+            raise ConfigError(f"secret must be {SECRET_BYTES} bytes")
+        key = cls(key_id=_key_id(bytes(secret)), gamma=gamma, n_lists=n_lists, tokenizer_id=tokenizer_id,
+                  vocab_size=vocab_size, created=created if created is not None else _now())
+        object.__setattr__(key, "_secret", bytes(secret))
+        return key
+
+    @classmethod
+    def create(cls, tokenizer: Any, gamma: float = 0.25, n_lists: int = 8) -> "WatermarkKey":
+        """A fresh key for `tokenizer` with a 32-byte secret from `secrets`.
+
+        Args:
+            tokenizer: a `guard.models.Tokenizer` (its `id` and `vocab_size` are bound into the key).
+            gamma: green-list fraction, 0 < gamma < 1 (default 0.25).
+            n_lists: number of green lists K, >= 1 (default 8); each image draws one.
+        """
+        return cls._from_secret(secrets.token_bytes(SECRET_BYTES), gamma=gamma, n_lists=n_lists,
+                                tokenizer_id=tokenizer.id, vocab_size=int(tokenizer.vocab_size))
+
+    # ------------------------------------------------------------------------------------ secret use
+    def derive(self, message: bytes) -> bytes:
+        """HMAC-SHA256(secret, message): the only use of the secret."""
+        secret = self._secret  # type: ignore[attr-defined]
+        if secret is None:
+            raise KeyFileError(f"key {self.key_id} has no secret; build keys with WatermarkKey.create() or .load()")
+        return hmac.new(secret, bytes(message), hashlib.sha256).digest()
+
+    def _canonical_metadata(self) -> bytes:
+        meta = {name: getattr(self, name) for name in _META_FIELDS}
+        return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def _mac(self) -> str:
+        return self.derive(_MAC_PREFIX + self._canonical_metadata()).hex()
+
+    # ------------------------------------------------------------------------------------ checks
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Raise KeyFileError unless the key was made for `tokenizer` (same id and vocabulary size)."""
+        tid, vocab = tokenizer.id, int(tokenizer.vocab_size)
+        if tid != self.tokenizer_id or vocab != self.vocab_size:
+            raise KeyFileError(
+                f"key {self.key_id} is bound to tokenizer {self.tokenizer_id!r} (vocab {self.vocab_size}), but the "
+                f"model's tokenizer is {tid!r} (vocab {vocab}); create a key for this model with "
+                f"`guard keygen --model ...` or pass the matching --key")
+
+    # ------------------------------------------------------------------------------------ files
+    def _to_json(self) -> str:
+        """The key file's content, secret included: write it only through `save()`."""
+        doc = {name: getattr(self, name) for name in _META_FIELDS}
+        doc["secret"] = base64.b64encode(self._secret_bytes()).decode("ascii")
+        doc["mac"] = self._mac()
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    def _secret_bytes(self) -> bytes:
+        secret = self._secret  # type: ignore[attr-defined]
+        if secret is None:
+            raise KeyFileError(f"key {self.key_id} has no secret and cannot be saved")
+        return secret
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the key file atomically with mode 0600 (never readable by others, not even briefly).
+
+        Missing parent directories are created with mode 0700. Raises KeyFileError when `path` exists
+        and `overwrite` is False. Returns the path written.
+        """
+        path = Path(path).expanduser()
+        if path.exists() and not overwrite:
+            raise KeyFileError(f"key file {path} already exists; choose another path or pass --force / overwrite=True")
+        _make_private_dirs(path.parent)
+        data = self._to_json().encode()
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as e:
+            raise KeyFileError(f"cannot write key file in {path.parent}: {e.strerror}") from None
+        try:
+            try:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fd, 0o600)
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic and refuses to clobber a file created meanwhile
+                except FileExistsError:
+                    raise KeyFileError(f"key file {path} already exists; choose another path or pass --force") from None
+                except OSError:  # filesystems without hard links
+                    if path.exists():
+                        raise KeyFileError(f"key file {path} already exists; choose another path or pass --force") from None
+                    os.replace(tmp, path)
+        except OSError as e:
+            raise KeyFileError(f"cannot write key file {path}: {e.strerror}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, force: bool = False) -> "WatermarkKey":
+        """Read and verify a key file.
+
+        Refuses a group/world-readable file unless `force`; detects a key id that does not match the
+        secret and metadata whose MAC does not verify (tampering). All failures raise KeyFileError.
+        """
+        path = Path(path).expanduser()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise KeyFileError(f"key file not found: {path}; create one with `guard keygen --out {path}`") from None
+        except OSError as e:
+            raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"key file {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if os.name == "posix" and mode & 0o077 and not force:
+            raise KeyFileError(f"key file {path} is readable or writable by group/others (mode {mode:04o}); "
+                               f"fix it with `chmod 600 {path}` (or force the load)")
+        try:
+            doc = json.loads(path.read_bytes())
+        except OSError as e:
+            raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise KeyFileError(f"key file {path} is not valid JSON; is it a guard key?") from None
+        if not isinstance(doc, dict):
+            raise KeyFileError(f"key file {path} is not a guard key (expected a JSON object)")
+        missing = [f for f in (*_META_FIELDS, "secret", "mac") if f not in doc]
+        if missing:
+            raise KeyFileError(f"key file {path} lacks field(s) {', '.join(missing)}; is it a guard key?")
+        if doc["scheme"] != SCHEME:
+            raise KeyFileError(f"key file {path} has scheme {doc['scheme']!r}; this guard reads {SCHEME!r}")
+        try:
+            secret = base64.b64decode(str(doc["secret"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyFileError(f"key file {path} is corrupt: the secret is not valid base64") from None
+        if len(secret) != SECRET_BYTES:
+            raise KeyFileError(f"key file {path} is corrupt: the secret is not {SECRET_BYTES} bytes")
+        if not isinstance(doc["key_id"], str) or not hmac.compare_digest(doc["key_id"], _key_id(secret)):
+            raise KeyFileError(f"key file {path} is corrupt or tampered with: its key_id does not match its secret")
+        try:
+            key = cls._from_secret(secret, gamma=doc["gamma"], n_lists=doc["n_lists"],
+                                   tokenizer_id=doc["tokenizer_id"], vocab_size=doc["vocab_size"],
+                                   created=str(doc["created"]))
+        except ConfigError as e:
+            raise KeyFileError(f"key file {path} is corrupt or tampered with: {e}") from None
+        if not isinstance(doc["mac"], str) or not hmac.compare_digest(doc["mac"], key._mac()):
+            raise KeyFileError(f"key file {path} is corrupt or tampered with: its metadata (gamma, n_lists, "
+                               f"tokenizer_id, vocab_size, created) does not match its MAC")
+        return key
+
+    # ------------------------------------------------------------------------------------ display
+    def __repr__(self) -> str:
+        return (f"WatermarkKey(key_id={self.key_id!r}, gamma={self.gamma}, n_lists={self.n_lists}, "
+                f"tokenizer_id={self.tokenizer_id!r})")
+
+    __str__ = __repr__
+
+    def __getstate__(self) -> dict:
+        # Pickling (worker processes) keeps the secret; it is never part of repr or asdict().
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+
+def default_key_path() -> Path:
+    """`$XDG_CONFIG_HOME/guard/keys/default.json`, falling back to `~/.config/guard/keys/default.json`."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return root / "guard" / "keys" / "default.json"
+
+
+def load_or_create_default(tokenizer: Any, *, gamma: float = 0.25, n_lists: int = 8) -> WatermarkKey:
+    """The default key for `tokenizer`: loaded from `default_key_path()`, created there (0600) on first use.
+
+    Raises KeyFileError when the existing default key is bound to another tokenizer (pass an explicit
+    key instead) or is unreadable, too open or tampered with.
+    """
+    path = default_key_path()
+    if not path.exists():
+        try:
+            WatermarkKey.create(tokenizer, gamma=gamma, n_lists=n_lists).save(path)
+        except KeyFileError:
+            if not path.exists():  # lost a race to another process: fall through and load its key
+                raise
+    key = WatermarkKey.load(path)
+    key.check_tokenizer(tokenizer)
+    return key
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create missing directories (and missing parents) with mode 0700; leave existing ones alone."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise KeyFileError(f"cannot create key directory {d}: {e.strerror}") from None

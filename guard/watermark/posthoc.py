@@ -1,0 +1,139 @@
+"""Post-hoc watermarking of existing images in token space.
+
+encode -> replace each red code by `nearest_green[k]` -> decode, repeated on the decoded image while
+the re-encoded green share keeps rising and the PSNR to the input stays above a floor. Decoded
+images are rounded to 8-bit levels inside the loop, so the green share reported is the one a detector
+sees after the image is saved as PNG.
+
+    >>> from guard.watermark import GreenLists, watermark_image
+    >>> res = watermark_image(images, GreenLists(key, tok), tok, min_psnr=30.0)
+    >>> res.green_share_before, res.green_share_after, res.psnr
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .greenlists import GreenLists
+
+__all__ = ["PosthocResult", "psnr", "watermark_image"]
+
+
+@dataclass(frozen=True)
+class PosthocResult:
+    """Result of `watermark_image` for B images.
+
+    Attributes:
+        images: float (B, 3, H, W) in [0, 1]: the kept iterate (8-bit levels), or the input unchanged when
+            no iterate qualified.
+        list_indices: the green list used for each image (B ints; goes to the manifest).
+        green_share_before: float (B,), share of the input's tokens green in its list.
+        green_share_after: float (B,), same for the re-encoded kept image.
+        psnr: float (B,), dB of the kept image against the input (inf when the input was kept).
+        iterations: long (B,), swap iterations behind the kept image (0 = input kept unchanged).
+    """
+
+    images: torch.Tensor
+    list_indices: list[int]
+    green_share_before: torch.Tensor
+    green_share_after: torch.Tensor
+    psnr: torch.Tensor
+    iterations: torch.Tensor
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1]: (B, C, H, W) x 2 -> (B,); inf for identical images."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _to_8bit(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def _indices(list_index: int | Sequence[int] | torch.Tensor | None, b: int, gl: GreenLists) -> list[int]:
+    if list_index is None:
+        return [secrets.randbelow(gl.n_lists) for _ in range(b)]
+    if isinstance(list_index, torch.Tensor):
+        list_index = list_index.flatten().tolist() if list_index.ndim else int(list_index)
+    if isinstance(list_index, Sequence) and not isinstance(list_index, str):
+        if len(list_index) != b:
+            raise ConfigError(f"list_index has {len(list_index)} entries for {b} images; give one per image")
+        return [gl.check_index(k) for k in list_index]
+    return [gl.check_index(list_index)] * b
+
+
+@torch.no_grad()
+def watermark_image(image: torch.Tensor, green_lists: GreenLists, tokenizer, *,
+                    list_index: int | Sequence[int] | torch.Tensor | None = None, min_psnr: float = 30.0,
+                    max_iters: int = 5) -> PosthocResult:
+    """Watermark existing images by swapping red codes for their nearest green codes.
+
+    Args:
+        image: float (3, H, W) or (B, 3, H, W) in [0, 1], H = W = `tokenizer.image_size`.
+        green_lists: the key's lists for `tokenizer`.
+        tokenizer: the `Tokenizer` the lists were derived for (checked).
+        list_index: one list for all images (int), one per image (sequence), or None to draw each from
+            a CSPRNG.
+        min_psnr: floor in dB; an iterate below it (against the input) is never kept.
+        max_iters: at most this many encode-swap-decode rounds, >= 1.
+
+    Returns:
+        `PosthocResult`; images are always batched (B, 3, H, W).
+    """
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ConfigError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    if not isinstance(min_psnr, (int, float)) or min_psnr != min_psnr:
+        raise ConfigError(f"min_psnr must be a number (dB), got {min_psnr!r}")
+    if tokenizer.id != green_lists.tokenizer_id:
+        raise ConfigError(f"green lists were derived for tokenizer {green_lists.tokenizer_id!r}, "
+                          f"got {tokenizer.id!r}")
+    x0 = torch.as_tensor(image)
+    if x0.ndim == 3:
+        x0 = x0[None]
+    if x0.ndim != 4 or x0.shape[1] != 3 or not x0.dtype.is_floating_point:
+        raise ConfigError(f"image must be float (3, H, W) or (B, 3, H, W) in [0, 1], got {x0.dtype} "
+                          f"{tuple(x0.shape)}")
+    x0 = x0.float()
+    b = x0.shape[0]
+    idx = _indices(list_index, b, green_lists)
+    idx_t = torch.tensor(idx, dtype=torch.long)
+    nearest = green_lists.nearest_green  # (K, V)
+
+    codes = tokenizer.encode(x0).clone()  # a normal tensor (encoders may return inference tensors)
+    share0 = green_lists.green_share(codes, idx_t)
+    best_img = x0.clone()
+    best_share = share0.clone()
+    best_psnr = torch.full((b,), float("inf"))
+    best_iter = torch.zeros(b, dtype=torch.long)
+    prev_share = share0.clone()
+    active = torch.ones(b, dtype=torch.bool)
+    for it in range(1, max_iters + 1):
+        rows = active.nonzero().flatten()
+        if rows.numel() == 0:
+            break
+        c = codes[rows].flatten(1)
+        swapped = nearest[idx_t[rows][:, None], c].view_as(codes[rows])
+        x = _to_8bit(tokenizer.decode(swapped).float())
+        re = tokenizer.encode(x)
+        share = green_lists.green_share(re, idx_t[rows])
+        p = psnr(x, x0[rows])
+        ok = p >= min_psnr
+        better = ok & (share > best_share[rows])
+        keep = rows[better]
+        best_img[keep] = x[better]
+        best_share[keep] = share[better]
+        best_psnr[keep] = p[better]
+        best_iter[keep] = it
+        codes[rows] = re
+        # Stop an image once its share stops rising or the PSNR floor is crossed.
+        go_on = ok & (share > prev_share[rows])
+        prev_share[rows] = share
+        active[rows] = go_on
+    return PosthocResult(images=best_img, list_indices=idx, green_share_before=share0,
+                         green_share_after=best_share, psnr=best_psnr, iterations=best_iter)
