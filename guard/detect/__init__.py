@@ -1,0 +1,17 @@
+"""Detection: re-quantize images, test them against green lists with exact statistics, write records.
+
+    >>> from guard.detect import Detector
+    >>> det = Detector(green_lists, tokenizer, alpha=1e-4)            # doctest: +SKIP
+    >>> det.detect_paths(["a.png"])[0].watermarked                    # doctest: +SKIP
+    True
+
+Modules: `stats` (exact tests, Bonferroni), `images` (safe loading), `detector` (`Detector`,
+`DetectionRecord`), `scan` (folders, streaming, resume), `calibrate` (FPR on clean images, QQ plot),
+`heatmap` (token-grid picture).
+"""
+
+from .detector import RECORD_FIELDS, TESTS, DetectionRecord, Detector, search_transforms
+from .images import LoadedImage, load_image
+
+__all__ = ["Detector", "DetectionRecord", "RECORD_FIELDS", "TESTS", "LoadedImage", "load_image",
+           "search_transforms"]

@@ -1,0 +1,394 @@
+"""Image → `DetectionRecord`: re-quantize with the tokenizer, test every green list, correct, decide.
+
+One `Detector` holds the tokenizer and one or more keys' `GreenLists` (the same objects embedding uses,
+so detection cannot drift from generation). For each image it encodes the (optionally transformed)
+pixels in batches, runs the chosen test against all K lists of every key, takes the smallest p over
+lists × keys × transforms, and corrects it with Bonferroni over that many looks (DESIGN §5).
+
+    >>> from guard.keys import WatermarkKey
+    >>> from guard.models import load_tokenizer
+    >>> from guard.watermark import GreenLists
+    >>> from guard.detect import Detector
+    >>> tok = load_tokenizer("reference")
+    >>> det = Detector(GreenLists(WatermarkKey.load("my.key"), tok), tok)    # doctest: +SKIP
+    >>> [r.watermarked for r in det.detect_paths(["a.png", "b.png"])]        # doctest: +SKIP
+    [True, False]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import ConfigError, ImageError, KeyFileError
+from . import stats
+from .images import MAX_PIXELS, LoadedImage, load_image
+
+__all__ = ["DetectionRecord", "Detector", "RECORD_FIELDS", "TESTS", "search_transforms"]
+
+TESTS = ("distinct", "tokens")
+
+
+@dataclass
+class DetectionRecord:
+    """One image's detection result; identical keys in every mode (None where a field does not apply).
+
+    Attributes:
+        path: the file as given (None for in-memory images).
+        sha256: hex digest of the file bytes (None for in-memory images or unreadable files).
+        size_bytes: file size in bytes.
+        width, height: image size after EXIF orientation, before cropping/resizing.
+        resize: what was done to reach the tokenizer's size: "none", "resize", "center-crop",
+            "center-crop+resize" (an addition to DESIGN §6).
+        key_id: the attributed key (smallest p over all keys); None on error rows.
+        tokenizer_id: the tokenizer that re-quantized the image.
+        test: "distinct" (exact) or "tokens" (approximate).
+        n_tokens: tokens in the map (h·w).
+        n_distinct: distinct codes in the map (of the best transform).
+        n_green: the statistic of the best list: distinct green codes ("distinct") or green tokens
+            with repetition ("tokens").
+        list_index: index k of the best list within the attributed key.
+        transform: the search transform giving the best p ("identity" without --search).
+        gamma: the attributed key's green fraction.
+        p_value_raw: smallest uncorrected p over lists × keys × transforms (0.0 once below ~1e-308).
+        p_value: Bonferroni-corrected p = min(1, n_looks · p_value_raw); the decision uses it.
+        log10_p: log10 of `p_value`, exact even when `p_value` underflows.
+        alpha: the significance level used.
+        watermarked: p_value <= alpha (False on error rows).
+        error: None, or one line saying why the file could not be read.
+        elapsed_ms: this image's decode time plus its share of its batch's tokenize + test time.
+        guard_version: guard's version.
+    """
+
+    path: str | None
+    sha256: str | None
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    resize: str | None
+    key_id: str | None
+    tokenizer_id: str
+    test: str
+    n_tokens: int | None
+    n_distinct: int | None
+    n_green: int | None
+    list_index: int | None
+    transform: str | None
+    gamma: float | None
+    p_value_raw: float | None
+    p_value: float | None
+    log10_p: float | None
+    alpha: float
+    watermarked: bool
+    error: str | None
+    elapsed_ms: float
+    guard_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectionRecord":
+        return cls(**{f: d.get(f) for f in RECORD_FIELDS})
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DetectionRecord))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Search transforms: each maps a batch (B, 3, S, S) to the same shape; "identity" is always first.
+# ---------------------------------------------------------------------------------------------------
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate about the centre (bilinear, borders replicated), counter-clockwise for positive degrees."""
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype, device=x.device).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Move the content left by dx and up by dy pixels, replicating the right/bottom edges back to size."""
+    S_h, S_w = x.shape[-2:]
+    out = x[..., dy:, dx:]
+    return F.pad(out, (0, dx, 0, dy), mode="replicate") if (dx or dy) else out
+
+
+def search_transforms(image_size: int, grid: tuple[int, int], search: bool) -> dict[str, Callable]:
+    """The named transforms a search tries, identity first.
+
+    With `search`: flips, 90° turns, small rotations (±2°, ±5°) and crop re-alignment offsets — the
+    content moved by a quarter, half and three quarters of a token cell in x and/or y (cells of 4 px
+    give shifts of 1, 2, 3 px; 15 offsets). Tokens carry no position in a context-free green list, so
+    sub-cell phases are the only misalignments that matter.
+    """
+    ts: dict[str, Callable] = {"identity": lambda x: x}
+    if not search:
+        return ts
+    ts.update({
+        "hflip": lambda x: x.flip(-1),
+        "vflip": lambda x: x.flip(-2),
+        "rot90": lambda x: x.rot90(1, (-2, -1)),
+        "rot180": lambda x: x.rot90(2, (-2, -1)),
+        "rot270": lambda x: x.rot90(3, (-2, -1)),
+    })
+    for deg in (2, -2, 5, -5):
+        ts[f"rot{deg:+d}"] = lambda x, d=deg: _rotate(x, d)
+    cell = max(1, image_size // max(grid))
+    phases = sorted({round(cell * q / 4) for q in (1, 2, 3)} - {0, cell})
+    for dy in [0, *phases]:
+        for dx in [0, *phases]:
+            if dx or dy:
+                ts[f"shift({dx},{dy})"] = lambda x, a=dx, b=dy: _shift(x, a, b)
+    return ts
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _timed_load(path, size: int, max_pixels: int) -> tuple[LoadedImage | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        img, err = load_image(path, size, max_pixels=max_pixels), None
+    except ImageError as e:
+        img, err = None, str(e) or "unreadable image"
+    except Exception as e:  # noqa: BLE001 - a scan must survive any one file
+        img, err = None, f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return img, err, (time.perf_counter() - t0) * 1e3
+
+
+class Detector:
+    """Detect a green-list watermark in images, with exact p-values and a correction for every look.
+
+    Args:
+        green_lists: one `GreenLists` or a sequence (several keys: attribution goes to the key with the
+            smallest p, corrected over all of them).
+        tokenizer: the `Tokenizer` the keys were made for (checked against each list's tokenizer_id).
+        test: "distinct" (exact hypergeometric on distinct codes, default) or "tokens" (approximate
+            binomial on tokens with repetition).
+        alpha: significance level in (0, 1); watermarked means corrected p <= alpha. Default 1e-4.
+        search: also try flips, 90° turns, small rotations and sub-cell crop offsets; the correction
+            then counts every transform.
+        batch_size: images per tokenizer call (with search, transforms × images are batched together).
+        max_pixels: decompression-bomb limit for files.
+
+    Raises:
+        ConfigError: a bad argument; KeyFileError: a key made for another tokenizer.
+
+    Example:
+        >>> det = Detector(lists, tok, alpha=1e-3)                  # doctest: +SKIP
+        >>> rec = det.detect_images(images)[0]                      # doctest: +SKIP
+        >>> rec.watermarked, rec.log10_p                            # doctest: +SKIP
+        (True, -41.7)
+    """
+
+    def __init__(self, green_lists, tokenizer, *, test: str = "distinct", alpha: float = 1e-4,
+                 search: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> None:
+        lists = [green_lists] if hasattr(green_lists, "masks") else list(green_lists)
+        if not lists:
+            raise ConfigError("green_lists is empty; pass at least one GreenLists (one per key)")
+        if test not in TESTS:
+            raise ConfigError(f"test must be one of {', '.join(TESTS)}, got {test!r}")
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        seen = set()
+        for g in lists:
+            if g.tokenizer_id != tokenizer.id or int(g.vocab_size) != int(tokenizer.vocab_size):
+                raise KeyFileError(
+                    f"key {g.key_id} was made for tokenizer {g.tokenizer_id!r} (vocab {g.vocab_size}), but the "
+                    f"detector's tokenizer is {tokenizer.id!r} (vocab {tokenizer.vocab_size}); pass the key made "
+                    f"for this model or choose the matching --model")
+            if g.key_id in seen:
+                raise ConfigError(f"key {g.key_id} was given twice; pass each key once")
+            seen.add(g.key_id)
+            if g.stratified and g.alive is None:
+                raise ConfigError(f"key {g.key_id}: stratified green lists need the tokenizer's alive codes")
+        self.green_lists = lists
+        self.tokenizer = tokenizer
+        self.test = test
+        self.alpha = float(alpha)
+        self.search = bool(search)
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.image_size = int(tokenizer.image_size)
+        self.transforms = search_transforms(self.image_size, tuple(tokenizer.grid), self.search)
+        self._masks = [g.masks.detach().to("cpu", torch.bool) for g in lists]
+        self._alive = [g.alive.detach().to("cpu", torch.bool) if g.stratified else None for g in lists]
+        self._log10_alpha = math.log10(self.alpha)
+
+    def __repr__(self) -> str:
+        keys = ",".join(g.key_id for g in self.green_lists)
+        return (f"Detector(keys=[{keys}], tokenizer={self.tokenizer.id!r}, test={self.test!r}, alpha={self.alpha}, "
+                f"search={self.search}, transforms={len(self.transforms)})")
+
+    @property
+    def n_looks(self) -> int:
+        """Tests behind each decision: Σ_keys K × |transforms| (the Bonferroni factor)."""
+        return sum(int(m.shape[0]) for m in self._masks) * len(self.transforms)
+
+    # ----------------------------------------------------------------------------------- scoring
+    def test_codes(self, codes: torch.Tensor) -> list[stats.TestResult]:
+        """Raw per-list results of the configured test for every key: one `TestResult` (B, K_key) per key."""
+        fn = stats.distinct_code_test if self.test == "distinct" else stats.token_count_test
+        codes = codes.detach().to("cpu").reshape(codes.shape[0], -1)
+        return [fn(codes, m, a) for m, a in zip(self._masks, self._alive)]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Tokenize (B, 3, S, S) in [0, 1] in chunks of `batch_size`; returns long (B, h, w) on the CPU."""
+        out = [self.tokenizer.encode(images[i:i + self.batch_size]).to("cpu")
+               for i in range(0, len(images), self.batch_size)]
+        h, w = self.tokenizer.grid
+        return torch.cat(out) if out else torch.empty(0, h, w, dtype=torch.long)
+
+    def _records_from_codes(self, codes: torch.Tensor, n_transforms: int) -> list[dict]:
+        """codes (B·T, h, w), transform-major within each image → the best look per image, as field dicts."""
+        names = list(self.transforms)[:n_transforms]
+        BT = codes.shape[0]
+        B = BT // n_transforms
+        results = self.test_codes(codes)
+        n_looks = sum(r.log10_p.shape[1] for r in results) * n_transforms
+        rows = []
+        for b in range(B):
+            best = (math.inf, 0, 0, 0)  # (log10 p, key, transform, list)
+            for ki, r in enumerate(results):
+                block = r.log10_p[b * n_transforms:(b + 1) * n_transforms]       # (T, K)
+                t, k = np.unravel_index(int(np.argmin(block)), block.shape)
+                if block[t, k] < best[0]:
+                    best = (float(block[t, k]), ki, int(t), int(k))
+            log10_raw, ki, t, k = best
+            r = results[ki]
+            row_i = b * n_transforms + t
+            log10_corr = float(stats.bonferroni_log10(log10_raw, n_looks))
+            rows.append(dict(
+                key_id=self.green_lists[ki].key_id, n_tokens=int(r.n_tokens), n_distinct=int(r.n_distinct[row_i]),
+                n_green=int(r.n_green[row_i, k]), list_index=k, transform=names[t],
+                gamma=float(self.green_lists[ki].gamma), p_value_raw=10.0 ** log10_raw,
+                p_value=10.0 ** log10_corr, log10_p=log10_corr,
+                watermarked=bool(log10_corr <= self._log10_alpha)))
+        return rows
+
+    def _record(self, *, path=None, img: LoadedImage | None = None, error: str | None = None,
+                elapsed_ms: float = 0.0, fields_: dict | None = None) -> DetectionRecord:
+        base = dict(
+            path=None if path is None else os.fspath(path),
+            sha256=img.sha256 if img else None, size_bytes=img.size_bytes if img else None,
+            width=img.width if img else None, height=img.height if img else None,
+            resize=img.resize if img else None, key_id=None, tokenizer_id=self.tokenizer.id, test=self.test,
+            n_tokens=None, n_distinct=None, n_green=None, list_index=None, transform=None, gamma=None,
+            p_value_raw=None, p_value=None, log10_p=None, alpha=self.alpha, watermarked=False, error=error,
+            elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
+        if fields_:
+            base.update(fields_)
+        return DetectionRecord(**base)
+
+    def error_record(self, path, error: str, elapsed_ms: float = 0.0) -> DetectionRecord:
+        """The row for a file that could not be read: every statistic None, `watermarked` False."""
+        return self._record(path=path, error=" ".join(str(error).split()), elapsed_ms=elapsed_ms)
+
+    # ----------------------------------------------------------------------------------- public API
+    def detect_codes(self, codes: torch.Tensor, paths: Sequence | None = None) -> list[DetectionRecord]:
+        """Records for code maps (B, h, w) already tokenized: no transforms (the correction counts lists × keys)."""
+        t0 = time.perf_counter()
+        rows = self._records_from_codes(codes.reshape(codes.shape[0], *codes.shape[-2:]), 1)
+        ms = (time.perf_counter() - t0) * 1e3 / max(len(rows), 1)
+        paths = list(paths) if paths is not None else [None] * len(rows)
+        for r in rows:
+            r["transform"] = "identity"
+        return [self._record(path=p, elapsed_ms=ms, fields_=r) for p, r in zip(paths, rows)]
+
+    def detect_images(self, images: torch.Tensor, paths: Sequence | None = None,
+                      loaded: Sequence[LoadedImage] | None = None, load_ms: Sequence[float] | None = None
+                      ) -> list[DetectionRecord]:
+        """Records for a batch of images (B, 3, S, S) float in [0, 1], S = tokenizer.image_size.
+
+        Args:
+            images: the pixels (already at the tokenizer's size; see `guard.detect.images.to_square`).
+            paths: optional names for the `path` field.
+            loaded, load_ms: file metadata and decode times when the images came from `load_image`.
+        """
+        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
+            raise ConfigError(f"images must be float (B, 3, {self.image_size}, {self.image_size}) in [0, 1], "
+                              f"got shape {tuple(images.shape)}")
+        B = images.shape[0]
+        if B == 0:
+            return []
+        t0 = time.perf_counter()
+        T = len(self.transforms)
+        if T == 1:
+            batch = images
+        else:
+            batch = torch.stack([fn(images) for fn in self.transforms.values()], dim=1)   # (B, T, 3, S, S)
+            batch = batch.reshape(B * T, *images.shape[1:])
+        rows = self._records_from_codes(self.encode(batch.float().clamp(0, 1)), T)
+        share = (time.perf_counter() - t0) * 1e3 / B
+        paths = list(paths) if paths is not None else [None] * B
+        loaded = list(loaded) if loaded is not None else [None] * B
+        load_ms = list(load_ms) if load_ms is not None else [0.0] * B
+        in_memory = dict(width=self.image_size, height=self.image_size, resize="none")
+        return [self._record(path=p, img=li, elapsed_ms=share + lm, fields_=r if li else {**in_memory, **r})
+                for p, li, lm, r in zip(paths, loaded, load_ms, rows)]
+
+    def iter_batches(self, paths: Iterable, *, workers: int = 4) -> Iterator[list[DetectionRecord]]:
+        """Detect files batch by batch (records in input order), decoding with a pool of `workers` threads.
+
+        The next batch is decoded while the current one is tokenized. Unreadable files give error
+        records (never exceptions).
+        """
+        for chunk, results in self.iter_loaded(paths, workers=workers):
+            yield self._detect_loaded(chunk, results)
+
+    def iter_loaded(self, paths: Iterable, *, workers: int = 4
+                    ) -> Iterator[tuple[list, list[tuple[LoadedImage | None, str | None, float]]]]:
+        """Decode files in batches of `batch_size` with `workers` threads, one batch ahead of the consumer.
+
+        Yields (paths of the batch, [(LoadedImage or None, error line or None, decode ms)]).
+        """
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
+        paths = list(paths)
+        chunks = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guard-decode") as pool:
+            def submit(chunk) -> list[Future]:
+                return [pool.submit(_timed_load, p, self.image_size, self.max_pixels) for p in chunk]
+
+            pending = submit(chunks[0]) if chunks else []
+            for i, chunk in enumerate(chunks):
+                futures = pending
+                pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
+                try:
+                    results = [f.result() for f in futures]
+                    yield chunk, results
+                except BaseException:  # incl. GeneratorExit when the consumer stops early
+                    for f in pending:
+                        f.cancel()
+                    raise
+
+    def _detect_loaded(self, chunk: Sequence, results: Sequence) -> list[DetectionRecord]:
+        ok = [i for i, (img, _, _) in enumerate(results) if img is not None]
+        out: list[DetectionRecord | None] = [None] * len(chunk)
+        for i, (img, err, ms) in enumerate(results):
+            if img is None:
+                out[i] = self.error_record(chunk[i], err or "unreadable image", ms)
+        if ok:
+            images = torch.stack([results[i][0].tensor for i in ok])
+            recs = self.detect_images(images, paths=[chunk[i] for i in ok], loaded=[results[i][0] for i in ok],
+                                      load_ms=[results[i][2] for i in ok])
+            for i, r in zip(ok, recs):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def detect_paths(self, paths: Iterable, *, workers: int = 4) -> list[DetectionRecord]:
+        """All records for `paths` (see `iter_batches`)."""
+        return [r for batch in self.iter_batches(paths, workers=workers) for r in batch]
