@@ -233,6 +233,12 @@ def make_tokens(args) -> None:
     codes = torch.cat([vq.encode(to_float(imgs[i:i + 500])) for i in range(0, len(imgs), 500)])
     path = Path(args.workdir) / "gpt_tokens.npz"
     np.savez(path, codes=codes.numpy().astype(np.int16), prompts=np.array(prompts))
+    # Codes the tokenizer really emits on the data (the stratified green lists split alive/dead codes).
+    alive = torch.zeros(vq.cfg.codebook_size, dtype=torch.bool)
+    alive[codes.flatten()] = True
+    save_file({"alive": alive.to(torch.uint8)}, str(Path(args.out) / "vq_alive.safetensors"))
+    update_card(Path(args.out), "vq_alive", {"n_alive": int(alive.sum()), "from": f"{len(codes)} training scenes"})
+    log(f"tokens: {int(alive.sum())} of {vq.cfg.codebook_size} codes alive")
     log(f"tokens: {len(codes)} scenes encoded in {time.time() - t0:.0f}s -> {path}")
 
 
