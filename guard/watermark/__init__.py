@@ -4,10 +4,25 @@
     >>> from guard.watermark import GreenLists, WatermarkProcessor, watermark_image
     >>> gl = GreenLists(key, tokenizer)            # the one derivation embed/posthoc/detect share
     >>> proc = WatermarkProcessor(gl, delta=2.0)   # logits_processor=[proc] in any generate()
+
+`WatermarkProcessor` is imported on first use: it subclasses transformers' `LogitsProcessor`, and
+detection, which only needs `GreenLists`, should not pay for importing transformers.
 """
+
+from typing import TYPE_CHECKING
 
 from .greenlists import RED_LOGIT, GreenLists
 from .posthoc import PosthocResult, psnr, watermark_image
-from .processor import WatermarkProcessor
+
+if TYPE_CHECKING:
+    from .processor import WatermarkProcessor
 
 __all__ = ["GreenLists", "PosthocResult", "RED_LOGIT", "WatermarkProcessor", "psnr", "watermark_image"]
+
+
+def __getattr__(name: str):
+    if name == "WatermarkProcessor":
+        from .processor import WatermarkProcessor
+
+        return WatermarkProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

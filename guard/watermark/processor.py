@@ -67,6 +67,8 @@ class WatermarkProcessor(LogitsProcessor):
     both layouts give the same sample distribution.
     """
 
+    supports_continuous_batching = False  # per-image state: rows must stay the images they started as
+
     def __init__(self, green_lists: GreenLists, *, delta: float = 2.0, hard: bool = False,
                  list_index: int | Sequence[int] | torch.Tensor | None = None, seed: int | None = None,
                  strict: bool = False) -> None:
