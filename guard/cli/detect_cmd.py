@@ -56,8 +56,8 @@ KeysOpt = Annotated[list[Path] | None, typer.Option(
                   "all). Default: the default key under $XDG_CONFIG_HOME/guard/keys/ if it exists.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format (jsonl and csv are resumable).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write records to this file instead of stdout.")]
-AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, min_open=True, max_open=True,
-                                         help="Significance level: watermarked when the corrected p <= alpha.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level in (0, 1): watermarked when the "
+                                                          "corrected p <= alpha.")]
 SearchOpt = Annotated[bool, typer.Option("--search", help="Also try flips, 90° turns, ±2°/±5° rotations and "
                                                           "sub-cell crop offsets (corrected over all of them).")]
 TestOpt = Annotated[Test, typer.Option("--test", help="'distinct' (exact, default) or 'tokens' (approximate "

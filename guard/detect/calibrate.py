@@ -138,10 +138,10 @@ def calibrate_paths(detector: Detector, paths: Iterable, *, alphas: Sequence[flo
     p_raw = [10.0 ** v for v in raw0]
     cal = Calibration(detector.test, len(dec), n_err, fpr_table(p_dec, alphas), fpr_table(p_raw, alphas),
                       dec, raw0)
-    for a in alphas:
-        if len(dec) < 3.0 / a:
-            cal.warnings.append(f"only {len(dec)} images: the FPR at alpha={a:g} needs at least {math.ceil(3 / a)} "
-                                f"(3/alpha) to be more than a guess")
+    weak = [a for a in alphas if len(dec) < 3.0 / a]
+    if weak:
+        cal.warnings.append(f"N={len(dec)} < 3/alpha for alpha {', '.join(f'{a:g}' for a in weak)}: fewer than 3 "
+                            f"false positives expected there, treat those FPRs as rough")
     if detector.test == "tokens":
         cal.warnings.append("the token-count test is approximate: trust its p-values only as far as this "
                             "calibration shows")

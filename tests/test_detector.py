@@ -1,0 +1,290 @@
+"""Detector on the shipped reference tokenizer and real reference generations.
+
+`reference_assets()` generates a few watermarked and clean images once per test process; the other
+detection test modules import it (and `save_pngs`) from here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import hypergeom
+
+from guard.detect import RECORD_FIELDS, Detector, search_transforms
+from guard.detect import stats
+from guard.errors import ConfigError, KeyFileError, ModelError
+
+torch.set_num_threads(1)
+
+DESIGN_FIELDS = ("path, sha256, size_bytes, width, height, key_id, tokenizer_id, test, n_tokens, n_distinct, n_green, "
+                 "list_index, transform, gamma, p_value_raw, p_value, log10_p, alpha, watermarked, error, elapsed_ms, "
+                 "guard_version").split(", ")
+
+
+@dataclass
+class Assets:
+    generator: object
+    tokenizer: object
+    key_a: object
+    key_b: object
+    lists_a: object
+    lists_b: object
+    wm_images: torch.Tensor          # watermarked with key A (soft, delta 2), float (8, 3, 64, 64)
+    wm_indices: list[int]
+    wm_b_images: torch.Tensor        # watermarked with key B, (4, 3, 64, 64)
+    wm_b_indices: list[int]
+    clean_images: torch.Tensor       # no watermark, (8, 3, 64, 64)
+
+
+def _prompts(n: int, offset: int = 0) -> list[str]:
+    from guard.models.reference.shapes import prompt_for, sample_scene
+
+    return [prompt_for(sample_scene(offset + i), seed=offset + i) for i in range(n)]
+
+
+def quantize8(images: torch.Tensor) -> torch.Tensor:
+    """What a PNG stores: 8-bit pixels."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+@functools.lru_cache(maxsize=None)
+def _assets() -> Assets:
+    from guard.keys import WatermarkKey
+    from guard.models import load
+    from guard.watermark import GreenLists, WatermarkProcessor
+
+    gen = load("reference")
+    tok = gen.tokenizer
+    key_a = WatermarkKey._from_secret(bytes(range(32)), gamma=0.25, n_lists=8, tokenizer_id=tok.id,
+                                      vocab_size=tok.vocab_size)
+    key_b = WatermarkKey._from_secret(bytes(range(100, 132)), gamma=0.25, n_lists=8, tokenizer_id=tok.id,
+                                      vocab_size=tok.vocab_size)
+    gl_a, gl_b = GreenLists(key_a, tok), GreenLists(key_b, tok)
+    proc_a = WatermarkProcessor(gl_a, delta=2.0, seed=11)
+    codes = gen.generate(_prompts(4), n=2, seed=1, logits_processor=[proc_a])
+    proc_b = WatermarkProcessor(gl_b, delta=2.0, seed=12)
+    codes_b = gen.generate(_prompts(4, 100), n=1, seed=2, logits_processor=[proc_b])
+    clean = gen.generate(_prompts(4, 200), n=2, seed=3)
+    return Assets(gen, tok, key_a, key_b, gl_a, gl_b, quantize8(tok.decode(codes)), list(proc_a.list_indices),
+                  quantize8(tok.decode(codes_b)), list(proc_b.list_indices), quantize8(tok.decode(clean)))
+
+
+def reference_assets() -> Assets:
+    """Shipped tokenizer + generator, two deterministic keys, and real generations (cached per process)."""
+    try:
+        return _assets()
+    except ModelError as e:  # the weights are part of the package; only a broken install lacks them
+        pytest.skip(f"reference weights unavailable: {e}")
+
+
+def save_pngs(images: torch.Tensor, folder: Path, stem: str) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        p = folder / f"{stem}_{i:03d}.png"
+        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(arr).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def _strip(rec) -> dict:
+    d = rec.to_dict()
+    d.pop("elapsed_ms")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+def test_record_fields_are_design_fields_plus_resize():
+    assert [f for f in RECORD_FIELDS if f != "resize"] == DESIGN_FIELDS
+    assert "resize" in RECORD_FIELDS
+
+
+def test_watermarked_detected_with_the_right_list_and_clean_not():
+    a = reference_assets()
+    det = Detector(a.lists_a, a.tokenizer)
+    wm = det.detect_images(a.wm_images)
+    assert all(r.watermarked for r in wm), [r.log10_p for r in wm]
+    assert [r.list_index for r in wm] == a.wm_indices
+    assert {r.key_id for r in wm} == {a.key_a.key_id}
+    clean = det.detect_images(a.clean_images)
+    assert not any(r.watermarked for r in clean), [r.log10_p for r in clean]
+    for r in wm + clean:
+        assert r.error is None and r.test == "distinct" and r.transform == "identity"
+        assert r.n_tokens == 256 and 0 < r.n_distinct <= 256 and 0 <= r.n_green <= r.n_distinct
+        assert r.tokenizer_id == a.tokenizer.id and r.alpha == 1e-4 and r.gamma == 0.25
+        assert r.p_value == pytest.approx(min(1.0, det.n_looks * r.p_value_raw), rel=1e-9)
+        assert r.log10_p == pytest.approx(math.log10(r.p_value), abs=1e-9)
+        assert set(r.to_dict()) == set(RECORD_FIELDS)
+        json.dumps(r.to_dict())
+
+
+def _independent_log10_p(codes: torch.Tensor, gl) -> np.ndarray:
+    """Per-list p-values from scratch: distinct codes, then a brute-force sum of scipy hypergeom pmfs."""
+    d = sorted(set(codes.flatten().tolist()))
+    out = []
+    for k in range(gl.n_lists):
+        green = set(gl.masks[k].nonzero().flatten().tolist())
+        x = len(set(d) & green)
+        if gl.stratified:
+            alive = set(gl.alive.nonzero().flatten().tolist())
+            V_a, V_d = len(alive), gl.vocab_size - len(alive)
+            n_a = len([c for c in d if c in alive]); n_d = len(d) - n_a
+            m_a = len(green & alive); m_d = len(green) - m_a
+            pa = hypergeom.pmf(np.arange(n_a + 1), V_a, m_a, n_a)
+            pd = hypergeom.pmf(np.arange(n_d + 1), V_d, m_d, n_d) if n_d else np.ones(1)
+            pmf = np.convolve(pa, pd)
+        else:
+            pmf = hypergeom.pmf(np.arange(len(d) + 1), gl.vocab_size, len(green), len(d))
+        out.append(math.log10(pmf[x:].sum()))
+    return np.array(out)
+
+
+def test_p_values_agree_with_an_independent_scipy_computation():
+    a = reference_assets()
+    det = Detector(a.lists_a, a.tokenizer)
+    images = torch.cat([a.wm_images[:3], a.clean_images[:3]])
+    codes = a.tokenizer.encode(images)
+    recs = det.detect_images(images)
+    for c, r in zip(codes, recs):
+        ind = _independent_log10_p(c, a.lists_a)
+        k = int(np.argmin(ind))
+        assert r.list_index == k
+        assert math.log10(r.p_value_raw) == pytest.approx(ind[k], rel=1e-9, abs=1e-12)
+        assert r.log10_p == pytest.approx(min(0.0, ind[k] + math.log10(8)), rel=1e-9, abs=1e-12)
+        assert r.n_distinct == len(set(c.flatten().tolist()))
+
+
+def test_token_count_test_counts_green_tokens_with_repetition():
+    a = reference_assets()
+    det = Detector(a.lists_a, a.tokenizer, test="tokens")
+    recs = det.detect_images(a.wm_images[:4])
+    counts = a.lists_a.green_counts(a.tokenizer.encode(a.wm_images[:4]))
+    for r, c in zip(recs, counts):
+        assert r.test == "tokens" and r.n_green == int(c[r.list_index]) and r.watermarked
+
+
+def test_batch_size_does_not_change_records():
+    a = reference_assets()
+    images = torch.cat([a.wm_images[:3], a.clean_images[:2]])
+    big = Detector(a.lists_a, a.tokenizer, batch_size=64).detect_images(images)
+    small = Detector(a.lists_a, a.tokenizer, batch_size=2).detect_images(images)
+    assert [_strip(r) for r in big] == [_strip(r) for r in small]
+
+
+def test_files_give_the_same_records_as_tensors(tmp_path):
+    a = reference_assets()
+    paths = save_pngs(a.wm_images[:3], tmp_path, "wm")
+    det = Detector(a.lists_a, a.tokenizer, batch_size=2)
+    from_files = det.detect_paths(paths + [str(tmp_path / "missing.png")], workers=2)
+    from_tensors = det.detect_images(a.wm_images[:3])
+    for f, t, p in zip(from_files, from_tensors, paths):
+        assert f.path == p and f.sha256 and f.size_bytes > 0 and f.resize == "none"
+        assert (f.log10_p, f.list_index, f.n_green) == (t.log10_p, t.list_index, t.n_green)
+    err = from_files[-1]
+    assert err.error and not err.watermarked and err.p_value is None and err.key_id is None
+    assert set(err.to_dict()) == set(RECORD_FIELDS)
+
+
+def test_several_keys_attribute_to_the_right_key_with_correction():
+    a = reference_assets()
+    det = Detector([a.lists_a, a.lists_b], a.tokenizer)
+    assert det.n_looks == 16
+    ra = det.detect_images(a.wm_images[:4])
+    rb = det.detect_images(a.wm_b_images)
+    assert all(r.key_id == a.key_a.key_id and r.watermarked for r in ra)
+    assert all(r.key_id == a.key_b.key_id and r.watermarked for r in rb)
+    assert [r.list_index for r in rb] == a.wm_b_indices
+    single = Detector(a.lists_b, a.tokenizer).detect_images(a.wm_b_images)
+    for two, one in zip(rb, single):
+        assert two.p_value_raw == one.p_value_raw
+        assert two.log10_p == pytest.approx(min(0.0, one.log10_p + math.log10(2)), abs=1e-9)
+
+
+@pytest.mark.parametrize("attack,expected", [
+    (lambda x: x.flip(-1), "hflip"), (lambda x: x.flip(-2), "vflip"),
+    (lambda x: x.rot90(1, (-2, -1)), "rot270"), (lambda x: x.rot90(2, (-2, -1)), "rot180"),
+])
+def test_search_undoes_flips_and_turns(attack, expected):
+    a = reference_assets()
+    det = Detector(a.lists_a, a.tokenizer, search=True)
+    assert det.n_looks == 8 * len(det.transforms)
+    plain = Detector(a.lists_a, a.tokenizer).detect_images(a.wm_images[:2])
+    recs = det.detect_images(attack(a.wm_images[:2]))
+    for r, p in zip(recs, plain):
+        assert r.transform == expected and r.watermarked
+        assert r.p_value_raw == pytest.approx(p.p_value_raw, rel=1e-12)          # exact inverse: same codes
+        assert r.log10_p == pytest.approx(min(0.0, math.log10(p.p_value_raw) + math.log10(det.n_looks)), abs=1e-9)
+
+
+def test_search_realigns_a_sub_cell_crop():
+    a = reference_assets()
+    # the attacker cuts 2 px off the left and top and pads back: the token grid is off by half a cell
+    x = a.wm_images[:4]
+    attacked = torch.nn.functional.pad(x[..., 2:, 2:], (0, 2, 0, 2), mode="replicate")
+    plain = Detector(a.lists_a, a.tokenizer).detect_images(attacked)
+    found = Detector(a.lists_a, a.tokenizer, search=True).detect_images(attacked)
+    assert sum(r.transform.startswith("shift") for r in found) >= 2
+    assert np.median([r.log10_p for r in found]) < np.median([r.log10_p for r in plain])
+
+
+def test_search_transforms_are_named_shape_preserving_and_identity_first():
+    ts = search_transforms(64, (16, 16), True)
+    names = list(ts)
+    assert names[0] == "identity" and len(names) == 25
+    assert {"hflip", "vflip", "rot90", "rot180", "rot270", "rot+2", "rot-2", "rot+5", "rot-5"} <= set(names)
+    assert sum(n.startswith("shift(") for n in names) == 15
+    x = torch.rand(2, 3, 64, 64)
+    for fn in ts.values():
+        assert fn(x).shape == x.shape
+    assert torch.equal(ts["shift(1,0)"](x)[..., :, :63], x[..., :, 1:])
+    assert list(search_transforms(64, (16, 16), False)) == ["identity"]
+
+
+def test_pure_green_codes_are_detected_and_uniform_codes_are_not():
+    a = reference_assets()
+    det = Detector(a.lists_a, a.tokenizer)
+    g = torch.Generator().manual_seed(0)
+    green = (a.lists_a.masks[5] & a.lists_a.alive).nonzero().flatten()
+    codes = green[torch.randint(0, len(green), (2, 16, 16), generator=g)]
+    alive = a.lists_a.alive.nonzero().flatten()
+    uniform = alive[torch.randint(0, len(alive), (50, 16, 16), generator=g)]
+    recs = det.detect_codes(torch.cat([codes, uniform]))
+    assert recs[0].watermarked and recs[0].list_index == 5 and recs[0].log10_p < -50
+    assert not any(r.watermarked for r in recs[2:])
+
+
+def test_bad_arguments_are_config_errors():
+    a = reference_assets()
+    for kwargs in ({"test": "zscore"}, {"alpha": 0}, {"alpha": 1.5}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            Detector(a.lists_a, a.tokenizer, **kwargs)
+    with pytest.raises(ConfigError, match="twice"):
+        Detector([a.lists_a, a.lists_a], a.tokenizer)
+    with pytest.raises(ConfigError):
+        Detector([], a.tokenizer)
+    with pytest.raises(ConfigError, match="images must be"):
+        Detector(a.lists_a, a.tokenizer).detect_images(torch.rand(1, 3, 32, 32))
+
+
+def test_a_key_for_another_tokenizer_is_refused():
+    from guard.keys import WatermarkKey
+    from guard.watermark import GreenLists
+
+    a = reference_assets()
+
+    class Other:
+        id, vocab_size, alive = "other-vq@000", a.tokenizer.vocab_size, a.tokenizer.alive
+
+    other = GreenLists(WatermarkKey.create(Other()), Other())
+    with pytest.raises(KeyFileError, match="made for tokenizer"):
+        Detector(other, a.tokenizer)
