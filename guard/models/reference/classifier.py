@@ -17,7 +17,7 @@ from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_prompt
 class SceneClassifier(nn.Module):
     """(B,3,64,64) in [0,1] -> per-quadrant logits: shape (B,4,7), colour (B,4,6), size (B,4,2)."""
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         w = width
 

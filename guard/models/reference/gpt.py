@@ -54,9 +54,9 @@ def null_prompt(batch: int) -> torch.Tensor:
 class GPTConfig:
     vocab_size: int = 1024
     n_image_tokens: int = 256
-    d_model: int = 256
+    d_model: int = 192
     n_layer: int = 6
-    n_head: int = 8
+    n_head: int = 6
     text_vocab: int = len(TEXT_VOCAB)
     text_len: int = TEXT_LEN
 

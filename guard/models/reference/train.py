@@ -92,6 +92,9 @@ def train_vq(args) -> None:
     x_all, x_test = torch.from_numpy(imgs), to_float(test)
     log(f"vq: data {len(imgs)} train / {len(test)} held-out rendered in {time.time() - t0:.0f}s")
     model = VQModel(VQConfig())
+    if args.init:
+        model.load_state_dict(load_file(str(args.init)))
+        log(f"vq: initialised from {args.init}")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     usage = torch.zeros(model.cfg.codebook_size)
@@ -108,8 +111,11 @@ def train_vq(args) -> None:
         idem = torch.zeros(())
         if step >= idem_start:
             z2 = model.encode_latent(uint8_roundtrip(rec))
-            logits = model.code_logits(z2).reshape(-1, model.cfg.codebook_size) / args.tau
-            zq = model.lookup(idx).detach()
+            # Codebook detached: a cross-entropy over the codebook would otherwise push every
+            # non-target code away from the data and kill most of the codebook (seen: 957 -> 33 codes).
+            codebook = model.normalized_codebook().detach()
+            logits = torch.einsum("bdhw,vd->bhwv", z2, codebook).reshape(-1, model.cfg.codebook_size) / args.tau
+            zq = codebook[idx].permute(0, 3, 1, 2)
             idem = F.cross_entropy(logits, idx.reshape(-1)) + F.mse_loss(z2, zq) * 10
             loss = loss + args.idem_weight * idem
         opt.zero_grad(set_to_none=True)
@@ -117,7 +123,8 @@ def train_vq(args) -> None:
         opt.step()
         with torch.no_grad():
             usage.mul_(0.99).add_(torch.bincount(idx.flatten(), minlength=model.cfg.codebook_size).float())
-            if step % args.restart_every == 0 and step > 0 and step < idem_start:
+            every = args.restart_every if step < idem_start else 4 * args.restart_every
+            if step % every == 0 and step > 0:
                 dead = (usage < 0.03).nonzero().flatten()
                 if len(dead):
                     zf = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -131,7 +138,7 @@ def train_vq(args) -> None:
             log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.3f} "
                 f"alive {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
         if (step + 1) % args.ckpt_every == 0:
-            save_file(model.state_dict(), str(Path(args.workdir) / "vq.ckpt.safetensors"))
+            save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
             m = eval_vq(model, x_test[:500])
             log(f"vq eval step {step + 1}: {m}")
     metrics = eval_vq(model, x_test)
@@ -140,7 +147,7 @@ def train_vq(args) -> None:
     update_card(Path(args.out), "vq", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
-        "n_train": args.n_train, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+        "n_train": args.n_train, "init": str(args.init) if args.init else None, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
     })
 
 
@@ -299,18 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", type=Path, default=None, help="start from this safetensors state (fine-tuning)")
     # VQ
     p.add_argument("--idem-frac", type=float, default=0.35, help="final fraction of VQ steps with the idempotence loss")
-    p.add_argument("--idem-weight", type=float, default=0.1)
-    p.add_argument("--tau", type=float, default=0.05)
+    p.add_argument("--idem-weight", type=float, default=0.05)
+    p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--restart-every", type=int, default=100)
     return p
 
 
 DEFAULTS = {
-    "vq": {"steps": 3000, "batch": 32, "lr": 2e-3, "n_train": 40000},
-    "classifier": {"steps": 1500, "batch": 128, "lr": 2e-3, "n_train": 40000},
-    "gpt": {"steps": 3000, "batch": 32, "lr": 1e-3, "n_train": 60000},
+    "vq": {"steps": 2000, "batch": 32, "lr": 2e-3, "n_train": 40000},
+    "classifier": {"steps": 1000, "batch": 64, "lr": 2e-3, "n_train": 40000},
+    "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
 }
 
