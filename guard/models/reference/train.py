@@ -99,32 +99,50 @@ def train_vq(args) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     usage = torch.zeros(model.cfg.codebook_size)
     idem_start = int(args.steps * (1 - args.idem_frac))
-    for step in range(args.steps):
+    last = min(args.steps, args.stop_after or args.steps)
+    for step in range(last):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
+        if step == idem_start:
+            # Phase 2: idempotence with a frozen assignment. A frozen copy of the encoder fixes which
+            # code each real patch gets (so the code assignment cannot collapse: training the encoder
+            # freely raised agreement but cut the codes in use 977 -> 159); the trainable encoder must
+            # reproduce it on real images and recover it from decoded images; the codebook is frozen.
+            import copy
+
+            frozen_encoder = copy.deepcopy(model.encoder).eval().requires_grad_(False)
+            model.codebook.requires_grad_(False)
+            opt = torch.optim.Adam(list(model.encoder.parameters()) + list(model.decoder.parameters()),
+                                   lr=args.lr, betas=(0.9, 0.99))
+            log(f"vq step {step}: phase 2 (idempotence, assignment frozen)")
         sel = torch.randint(0, len(x_all), (args.batch,), generator=gen)
         x = x_all[sel].permute(0, 3, 1, 2).float().div(255.0)
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(3)
-        rec, idx, vq_loss, z = model(x)
-        loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean() + vq_loss
         idem = torch.zeros(())
-        if step >= idem_start:
-            z2 = model.encode_latent(uint8_roundtrip(rec))
-            # Codebook detached: a cross-entropy over the codebook would otherwise push every
-            # non-target code away from the data and kill most of the codebook (seen: 957 -> 33 codes).
+        if step < idem_start:
+            rec, idx, vq_loss, z = model(x)
+            loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean() + vq_loss
+        else:
             codebook = model.normalized_codebook().detach()
-            logits = torch.einsum("bdhw,vd->bhwv", z2, codebook).reshape(-1, model.cfg.codebook_size) / args.tau
-            zq = codebook[idx].permute(0, 3, 1, 2)
-            idem = F.cross_entropy(logits, idx.reshape(-1)) + F.mse_loss(z2, zq) * 10
-            loss = loss + args.idem_weight * idem
+            with torch.no_grad():
+                z = F.normalize(frozen_encoder(x), dim=1)
+                idx = torch.einsum("bdhw,vd->bhwv", z, codebook).argmax(-1)
+                zq = codebook[idx].permute(0, 3, 1, 2)
+            rec = model.decoder(zq)
+            z1 = model.encode_latent(x)
+            z2 = model.encode_latent(uint8_roundtrip(rec))
+            target = idx.reshape(-1)
+            ce_real = F.cross_entropy(torch.einsum("bdhw,vd->bhwv", z1, codebook).reshape(-1, len(codebook)) / args.tau, target)
+            ce_round = F.cross_entropy(torch.einsum("bdhw,vd->bhwv", z2, codebook).reshape(-1, len(codebook)) / args.tau, target)
+            idem = ce_real + ce_round + 10 * F.mse_loss(z2, zq)
+            loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean() + args.idem_weight * idem
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             usage.mul_(0.99).add_(torch.bincount(idx.flatten(), minlength=model.cfg.codebook_size).float())
-            every = args.restart_every if step < idem_start else 4 * args.restart_every
-            if step % every == 0 and step > 0:
+            if step % args.restart_every == 0 and 0 < step < idem_start:
                 dead = (usage < 0.03).nonzero().flatten()
                 if len(dead):
                     zf = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -132,22 +150,22 @@ def train_vq(args) -> None:
                     model.codebook.data[dead] = F.normalize(pick + 0.01 * torch.randn_like(pick), dim=-1)
                     usage[dead] = 1.0
                     log(f"vq step {step}: restarted {len(dead)} dead codes")
-        if step % args.log_every == 0 or step == args.steps - 1:
+        if step % args.log_every == 0 or step == last - 1:
             with torch.no_grad():
                 p = psnr(rec.clamp(0, 1), x).mean()
             log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.3f} "
                 f"alive {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
         if (step + 1) % args.ckpt_every == 0:
             save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
-            m = eval_vq(model, x_test[:500])
+            m = eval_vq(model, x_test[:300])
             log(f"vq eval step {step + 1}: {m}")
     metrics = eval_vq(model, x_test)
     log(f"vq final held-out: {metrics}")
     save_file(model.state_dict(), str(Path(args.out) / "vq.safetensors"))
     update_card(Path(args.out), "vq", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
-        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
-        "n_train": args.n_train, "init": str(args.init) if args.init else None, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "stop_after": args.stop_after,
+        "batch": args.batch, "n_train": args.n_train, "init": str(args.init) if args.init else None, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
     })
 
 
@@ -308,15 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", type=Path, default=None, help="start from this safetensors state (fine-tuning)")
     # VQ
-    p.add_argument("--idem-frac", type=float, default=0.35, help="final fraction of VQ steps with the idempotence loss")
-    p.add_argument("--idem-weight", type=float, default=0.05)
-    p.add_argument("--tau", type=float, default=0.1)
+    p.add_argument("--idem-frac", type=float, default=0.0,
+                   help="final fraction of VQ steps with the idempotence loss (experimental; off by default: "
+                        "see card.json 'experiments')")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps, the LR schedule still spanning --steps")
+    p.add_argument("--idem-weight", type=float, default=0.1)
+    p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
     return p
 
 
 DEFAULTS = {
-    "vq": {"steps": 2000, "batch": 32, "lr": 2e-3, "n_train": 40000},
+    "vq": {"steps": 2000, "batch": 32, "lr": 2e-3, "n_train": 40000, "stop_after": 1250},
     "classifier": {"steps": 1000, "batch": 64, "lr": 2e-3, "n_train": 40000},
     "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
