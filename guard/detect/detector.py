@@ -252,28 +252,49 @@ class Detector:
         h, w = self.tokenizer.grid
         return torch.cat(out) if out else torch.empty(0, h, w, dtype=torch.long)
 
+    def _table(self, codes: torch.Tensor, n_transforms: int):
+        """Test codes (B·T, h, w) (transform-major within each image) against every list of every key.
+
+        Returns (log10 p (B, T, L), n_green (B, T, L), n_distinct (B, T), n_tokens) with L = Σ K over keys,
+        the lists of the first key first.
+        """
+        results = self.test_codes(codes)
+        B = codes.shape[0] // n_transforms
+        log10_p = np.concatenate([r.log10_p for r in results], axis=1).reshape(B, n_transforms, -1)
+        n_green = np.concatenate([r.n_green for r in results], axis=1).reshape(B, n_transforms, -1)
+        return log10_p, n_green, results[0].n_distinct.reshape(B, n_transforms), int(results[0].n_tokens)
+
+    def _transformed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B·T, 3, S, S), each image followed by its transforms (identity first)."""
+        if len(self.transforms) == 1:
+            return images
+        batch = torch.stack([fn(images) for fn in self.transforms.values()], dim=1)      # (B, T, 3, S, S)
+        return batch.reshape(-1, *images.shape[1:])
+
+    def look_table(self, images: torch.Tensor) -> np.ndarray:
+        """Raw log10 p of every look: float64 (B, T, L), T = transforms (identity first), L = lists of all keys.
+
+        The record of an image reports the minimum of its (T, L) table, corrected by T·L (`n_looks`).
+        Lists are ordered key by key in the order the keys were given.
+        """
+        self._check_images(images)
+        return self._table(self.encode(self._transformed(images).float().clamp(0, 1)), len(self.transforms))[0]
+
     def _records_from_codes(self, codes: torch.Tensor, n_transforms: int) -> list[dict]:
         """codes (B·T, h, w), transform-major within each image → the best look per image, as field dicts."""
         names = list(self.transforms)[:n_transforms]
-        BT = codes.shape[0]
-        B = BT // n_transforms
-        results = self.test_codes(codes)
-        n_looks = sum(r.log10_p.shape[1] for r in results) * n_transforms
+        log10_p, n_green, n_distinct, n_tokens = self._table(codes, n_transforms)
+        B, T, L = log10_p.shape
+        owner = [(ki, k) for ki, g in enumerate(self._masks) for k in range(g.shape[0])]      # L -> (key, list)
         rows = []
         for b in range(B):
-            best = (math.inf, 0, 0, 0)  # (log10 p, key, transform, list)
-            for ki, r in enumerate(results):
-                block = r.log10_p[b * n_transforms:(b + 1) * n_transforms]       # (T, K)
-                t, k = np.unravel_index(int(np.argmin(block)), block.shape)
-                if block[t, k] < best[0]:
-                    best = (float(block[t, k]), ki, int(t), int(k))
-            log10_raw, ki, t, k = best
-            r = results[ki]
-            row_i = b * n_transforms + t
-            log10_corr = float(stats.bonferroni_log10(log10_raw, n_looks))
+            t, j = np.unravel_index(int(np.argmin(log10_p[b])), (T, L))       # first minimum: identity, key order
+            ki, k = owner[j]
+            log10_raw = float(log10_p[b, t, j])
+            log10_corr = float(stats.bonferroni_log10(log10_raw, T * L))
             rows.append(dict(
-                key_id=self.green_lists[ki].key_id, n_tokens=int(r.n_tokens), n_distinct=int(r.n_distinct[row_i]),
-                n_green=int(r.n_green[row_i, k]), list_index=k, transform=names[t],
+                key_id=self.green_lists[ki].key_id, n_tokens=n_tokens, n_distinct=int(n_distinct[b, t]),
+                n_green=int(n_green[b, t, j]), list_index=int(k), transform=names[t],
                 gamma=float(self.green_lists[ki].gamma), p_value_raw=10.0 ** log10_raw,
                 p_value=10.0 ** log10_corr, log10_p=log10_corr,
                 watermarked=bool(log10_corr <= self._log10_alpha)))
@@ -308,6 +329,11 @@ class Detector:
             r["transform"] = "identity"
         return [self._record(path=p, elapsed_ms=ms, fields_=r) for p, r in zip(paths, rows)]
 
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
+            raise ConfigError(f"images must be float (B, 3, {self.image_size}, {self.image_size}) in [0, 1], "
+                              f"got shape {tuple(images.shape)}")
+
     def detect_images(self, images: torch.Tensor, paths: Sequence | None = None,
                       loaded: Sequence[LoadedImage] | None = None, load_ms: Sequence[float] | None = None
                       ) -> list[DetectionRecord]:
@@ -318,20 +344,13 @@ class Detector:
             paths: optional names for the `path` field.
             loaded, load_ms: file metadata and decode times when the images came from `load_image`.
         """
-        if images.ndim != 4 or images.shape[1:] != (3, self.image_size, self.image_size):
-            raise ConfigError(f"images must be float (B, 3, {self.image_size}, {self.image_size}) in [0, 1], "
-                              f"got shape {tuple(images.shape)}")
+        self._check_images(images)
         B = images.shape[0]
         if B == 0:
             return []
         t0 = time.perf_counter()
-        T = len(self.transforms)
-        if T == 1:
-            batch = images
-        else:
-            batch = torch.stack([fn(images) for fn in self.transforms.values()], dim=1)   # (B, T, 3, S, S)
-            batch = batch.reshape(B * T, *images.shape[1:])
-        rows = self._records_from_codes(self.encode(batch.float().clamp(0, 1)), T)
+        batch = self._transformed(images)
+        rows = self._records_from_codes(self.encode(batch.float().clamp(0, 1)), len(self.transforms))
         share = (time.perf_counter() - t0) * 1e3 / B
         paths = list(paths) if paths is not None else [None] * B
         loaded = list(loaded) if loaded is not None else [None] * B
