@@ -11,7 +11,9 @@ Stages (generated codes are cached in --workdir, so a rerun skips generation):
 2. Empirical FPR on clean images: every clean generation (PNG) plus --n-natural random crops of
    scikit-image's sample photos (`skimage.data`, random size/aspect/position/flip, through the same
    loading policy), at alpha = 1e-3 (and 1e-2, 1e-4): the distinct-code test vs the token-count test,
-   for the decision p (corrected over K lists) and for the raw p of list 0 alone.
+   for the decision p (corrected over K lists) and for the raw p of list 0 alone; then the spread of
+   the distinct test's FPR over --n-keys fresh keys (its guarantee is over the key, see below).
+   Crops of the same ~20 photos overlap, so the natural rows are not independent trials.
 3. Bad inputs: a folder with every awkward kind (`tests/test_images.write_bad_inputs`) plus two
    watermarked PNGs, scanned with the CLI: exit code, rows, error rows.
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--n-keys", type=int, default=40, help="fresh keys for the key-to-key FPR spread")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/guard-measure-detection"))
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "detection.json")
     args = p.parse_args(argv)
@@ -204,7 +207,14 @@ def main(argv: list[str] | None = None) -> None:
                                 float(gl.green_share(wm_codes[i:i + 1], wm_idx[i])) for i in range(len(wm_codes))])),
                             "clean_green_share_list0": float(gl.green_share(clean_codes, 0).mean())}
     det = Detector(gl, tok, alpha=1e-4, batch_size=args.batch)
-    rt: dict = {"alpha": 1e-4}
+    det_tok = Detector(gl, tok, test="tokens", alpha=1e-4, batch_size=args.batch)
+    rt: dict = {"alpha": 1e-4, "test": "distinct (exact)",
+                "codes_no_decode": {"tpr": summarize_detection(det.detect_codes(wm_codes), True, wm_idx),
+                                    "fpr": summarize_detection(det.detect_codes(clean_codes[:args.n_wm]), False)}}
+    log(f"  codes (no decode): TPR {rt['codes_no_decode']['tpr']['rate']:.3f} "
+        f"FPR {rt['codes_no_decode']['fpr']['rate']:.4f}")
+    from guard.detect.images import load_image
+
     for name, wm_paths, clean_paths in (("png", wm_png, clean_png[:args.n_wm]),
                                         ("jpeg75", to_jpeg(wm_png, work / "wm_jpg", 75),
                                          to_jpeg(clean_png[:args.n_wm], work / "clean_jpg", 75))):
@@ -212,21 +222,27 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         r_wm = det.detect_paths(wm_paths, workers=args.workers)
         r_clean = det.detect_paths(clean_paths, workers=args.workers)
+        seconds = time.time() - t0
         # token agreement: generated codes vs codes re-encoded from the file
-        from guard.detect.images import load_image
-
-        re = det.encode(torch.stack([load_image(q, tok.image_size).tensor for q in wm_paths]))
+        re_wm = det.encode(torch.stack([load_image(q, tok.image_size).tensor for q in wm_paths]))
+        re_clean = det.encode(torch.stack([load_image(q, tok.image_size).tensor for q in clean_paths]))
         rt[name] = {"tpr": summarize_detection(r_wm, True, wm_idx), "fpr": summarize_detection(r_clean, False),
-                    "token_match_wm": float((re == wm_codes).float().mean()),
-                    "seconds": time.time() - t0}
+                    "token_match_wm": float((re_wm == wm_codes).float().mean()),
+                    "token_match_clean": float((re_clean == clean_codes[:args.n_wm]).float().mean()),
+                    "green_share_wm_after": float(np.mean([float(gl.green_share(re_wm[i:i + 1], wm_idx[i]))
+                                                           for i in range(len(re_wm))])),
+                    "seconds_distinct_detect": seconds,
+                    "tokens_test_for_comparison": {
+                        "tpr": summarize_detection(det_tok.detect_codes(re_wm), True, wm_idx),
+                        "fpr": summarize_detection(det_tok.detect_codes(re_clean), False)}}
         log(f"  {name}: TPR {rt[name]['tpr']['rate']:.3f} FPR {rt[name]['fpr']['rate']:.4f} "
-            f"token match {rt[name]['token_match_wm']:.3f}")
+            f"token match {rt[name]['token_match_wm']:.3f}; tokens test TPR "
+            f"{rt[name]['tokens_test_for_comparison']['tpr']['rate']:.3f} FPR "
+            f"{rt[name]['tokens_test_for_comparison']['fpr']['rate']:.3f}")
     result["round_trip"] = rt
 
     # ---------------------------------------------------------------- 2. empirical FPR, both tests
     log("FPR on clean images")
-    from guard.detect.images import load_image
-
     gen_imgs = torch.stack([load_image(q, tok.image_size).tensor for q in clean_png])
     nat_imgs = natural_crops(args.n_natural, tok.image_size, seed=0)
     sources = {"generated": gen_imgs, "natural": nat_imgs}
@@ -252,6 +268,33 @@ def main(argv: list[str] | None = None) -> None:
         series[f"{test}: list 0 raw p"] = l0.tolist()
         log(f"  {test}: FPR@1e-3 decision {per['all']['decision@0.001']['rate']:.5f} "
             f"list0 {per['all']['list0@0.001']['rate']:.5f} (N={len(dec)})")
+    # The exact test's guarantee is over the key: for ANY fixed image, P(p <= alpha) <= alpha when the key
+    # is drawn at random. For one fixed key, the share of a population of images it flags varies from key
+    # to key (images share popular codes). Measure that spread over --n-keys fresh keys.
+    from guard.detect import stats
+
+    spread: dict = {"n_keys": args.n_keys, "note": "distinct test; per key: share of clean images with "
+                    "decision p (corrected over K) <= alpha, and per list: share with raw p <= alpha"}
+    all_codes = torch.cat(list(codes.values()))
+    per_key = {a: [] for a in fpr["alphas"]}
+    per_list = {a: [] for a in fpr["alphas"]}
+    for s_ in range(args.n_keys):
+        k2 = WatermarkKey._from_secret(hashlib.sha256(f"guard/bench/spread/{s_}".encode()).digest(), gamma=0.25,
+                                       n_lists=8, tokenizer_id=tok.id, vocab_size=tok.vocab_size)
+        g2 = GreenLists(k2, tok)
+        lp = stats.distinct_code_test(all_codes, g2.masks, g2.alive if g2.stratified else None).log10_p
+        for a in fpr["alphas"]:
+            per_key[a].append(float(((lp.min(1) + math.log10(lp.shape[1])) <= math.log10(a)).mean()))
+            per_list[a] += (lp <= math.log10(a)).mean(0).tolist()
+    for a in fpr["alphas"]:
+        v, w = np.array(per_key[a]), np.array(per_list[a])
+        spread[f"alpha={a:g}"] = {
+            "decision_fpr_mean_over_keys": float(v.mean()), "decision_fpr_max_over_keys": float(v.max()),
+            "decision_fpr_min_over_keys": float(v.min()), "per_list_fpr_mean": float(w.mean()),
+            "per_list_fpr_max": float(w.max()), "per_list_fpr_sd": float(w.std())}
+        log(f"  spread over {args.n_keys} keys @ {a:g}: decision FPR mean {v.mean():.5f} max {v.max():.5f}; "
+            f"per-list mean {w.mean():.5f} max {w.max():.5f}")
+    fpr["spread_over_keys"] = spread
     plot = args.out.with_name(args.out.stem + "_qq.png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     qq_plot(series, plot, title=f"list-0 p-values of {len(dec)} clean images (generated + natural crops)")
@@ -283,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     expected = {n for n, b in kinds.items() if b}
     result["bad_inputs"] = {
         "command": "guard detect folder DIR --recursive --key KEY --out rows.jsonl",
-        "exit_code": proc.returncode, "seconds": time.time() - t0, "n_files_written": len(kinds) + 3,
+        "exit_code": proc.returncode, "seconds": time.time() - t0,
+        "n_image_files": len(kinds) + 2, "note": "the awkward kinds + 2 watermarked PNGs; readme.txt beside them "
+        "has no image suffix and is not scanned; sub/up is a symlink back to the folder (a cycle)",
         "n_rows": len(rows), "n_error_rows": len(errs), "error_rows_match_unreadable_files": set(errs) == expected,
         "n_watermarked": sum(r["watermarked"] for r in rows),
         "errors": dict(sorted(errs.items())),

@@ -19,7 +19,6 @@ from PIL import Image
 from scipy.stats import hypergeom
 
 from guard.detect import RECORD_FIELDS, Detector, search_transforms
-from guard.detect import stats
 from guard.errors import ConfigError, KeyFileError, ModelError
 
 torch.set_num_threads(1)

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError, ImageError, KeyFileError
-from ._common import EXIT_UNREADABLE, EXIT_USAGE, app, exit_on_error, info, is_tty_stderr
+from ._common import EXIT_UNREADABLE, app, exit_on_error, info, is_tty_stderr
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")

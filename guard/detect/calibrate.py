@@ -3,12 +3,17 @@
 Run the detector on images known to carry no watermark (for this key). Every positive is then a false
 positive, so the share of p-values <= α estimates the false-positive rate at α. Two p-values per image:
 
-* **decision** — the corrected p the detector decides with (over K lists × keys); its FPR must be <= α.
+* **decision** — the corrected p the detector decides with (over K lists × keys); averaged over keys its
+  FPR is <= α.
 * **list 0** — the raw p of the first key's first list alone; under H0 it is (super-)uniform, so its
-  FPR estimates α itself and its QQ plot should lie on or above the diagonal.
+  FPR estimates α itself and its QQ plot should lie on or below the diagonal (points above it are
+  p-values smaller than a valid test gives).
 
-Intervals are Clopper–Pearson (exact binomial, `scipy.stats.beta.ppf`). With fewer than 3/α images
-an FPR at α rests on fewer than ~3 expected positives; those rows carry a warning.
+Intervals are Clopper–Pearson (exact binomial, `scipy.stats.beta.ppf`), treating the images as
+independent draws. With fewer than 3/α images an FPR at α rests on fewer than ~3 expected positives;
+those rows carry a warning. The exact test bounds the FPR averaged over keys; for one key on one kind
+of image the FPR scatters around that bound (see `guard.detect.stats`), which is why calibrating your
+own key on your own clean images is worth doing.
 
     >>> from guard.detect.calibrate import fpr_table
     >>> row = fpr_table([0.5, 0.02, 0.9, 0.0004], alphas=(1e-2,))[0]
@@ -160,8 +165,9 @@ def qq_plot(series: dict[str, Sequence[float]], path: str | os.PathLike, *, titl
         title: caption.
         size: image side in pixels.
 
-    Points below the diagonal are p-values smaller than uniform (anti-conservative); the grey band is a
-    pointwise 95% band of uniform order statistics (Beta(i, n-i+1)) for the largest series.
+    Points above the diagonal are p-values smaller than uniform would give (anti-conservative); the grey
+    band is a pointwise 95% band of uniform order statistics (Beta(i, n-i+1)) for the largest series.
+    The axes have their own scales (the y axis stretches to the largest observed value, at most 50).
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -176,17 +182,16 @@ def qq_plot(series: dict[str, Sequence[float]], path: str | os.PathLike, *, titl
     if not data:
         raise ConfigError("qq_plot needs at least one non-empty series")
     n_max = max(len(e) for e, _ in data.values())
-    top_x = max(float(e.max()) for e, _ in data.values())
-    top_y = max(float(o.max()) for _, o in data.values())
-    top = max(1.0, math.ceil(min(max(top_x, top_y), 50.0)))   # clip very strong outliers to the frame
+    top_x = max(1.0, math.ceil(max(float(e.max()) for e, _ in data.values())))
+    top_y = max(top_x, math.ceil(min(max(float(o.max()) for _, o in data.values()), 50.0)))  # outliers clipped
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     left, right, top_m, bottom = 60, size - 20, 40, size - 50
 
     def xy(ex: float, ob: float) -> tuple[float, float]:
-        x = left + (right - left) * min(ex, top) / top
-        y = bottom - (bottom - top_m) * min(ob, top) / top
+        x = left + (right - left) * min(ex, top_x) / top_x
+        y = bottom - (bottom - top_m) * min(ob, top_y) / top_y
         return x, y
 
     i = np.arange(1, n_max + 1)
@@ -196,14 +201,14 @@ def qq_plot(series: dict[str, Sequence[float]], path: str | os.PathLike, *, titl
     band = [xy(e, h) for e, h in zip(exp, hi)] + [xy(e, l) for e, l in zip(exp[::-1], lo[::-1])]
     if len(band) >= 3:
         draw.polygon(band, fill=(225, 225, 225))
-    draw.line([xy(0, 0), xy(top, top)], fill=(120, 120, 120), width=1)
+    draw.line([xy(0, 0), xy(top_x, top_x)], fill=(120, 120, 120), width=1)
     draw.rectangle([left, top_m, right, bottom], outline="black")
-    step = max(1, int(math.ceil(top / 10)))
-    for t in range(0, int(top) + 1, step):
+    for t in range(0, int(top_x) + 1, max(1, int(math.ceil(top_x / 10)))):
         x, _ = xy(t, 0)
-        _, y = xy(0, t)
         draw.line([(x, bottom), (x, bottom + 4)], fill="black")
         draw.text((x - 3, bottom + 6), str(t), fill="black", font=font)
+    for t in range(0, int(top_y) + 1, max(1, int(math.ceil(top_y / 10)))):
+        _, y = xy(0, t)
         draw.line([(left - 4, y), (left, y)], fill="black")
         draw.text((left - 22, y - 5), str(t), fill="black", font=font)
     draw.text((left, bottom + 22), "expected -log10 p (uniform)", fill="black", font=font)

@@ -119,7 +119,6 @@ def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Move the content left by dx and up by dy pixels, replicating the right/bottom edges back to size."""
-    S_h, S_w = x.shape[-2:]
     out = x[..., dy:, dx:]
     return F.pad(out, (0, dx, 0, dy), mode="replicate") if (dx or dy) else out
 

@@ -19,6 +19,13 @@ Two tests (DESIGN §5):
 Multiple looks (K lists × keys × search transforms) are corrected with Bonferroni, valid under any
 dependence: p = min(1, n_looks · min p).
 
+What "exact" guarantees: the probability is over the key. For ANY fixed image that was made without
+the key, a freshly drawn key gives P(p <= α) <= α — so the chance of wrongly accusing a given image is
+bounded, whatever the image. For ONE fixed key, the share of a population of clean images it flags is
+a property of that key and that population: images share popular codes, so it scatters from key to
+key around a mean <= α (bench/results/detection.json, "spread_over_keys"). `guard calibrate` measures
+it for your key on your images.
+
     >>> import torch
     >>> from guard.detect import stats
     >>> masks = torch.zeros(1, 8, dtype=torch.bool); masks[0, :2] = True       # V = 8, m = 2
