@@ -163,6 +163,7 @@ def _stable_rows(path: Path) -> list[tuple]:
     return [tuple((k, r[k]) for k in RECORD_FIELDS if k != "elapsed_ms") for r in rows]
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_gives_the_rows_of_one_uninterrupted_scan(env):
     a = env["a"]
     folder = env["tmp"] / "many"

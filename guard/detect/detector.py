@@ -358,20 +358,23 @@ class Detector:
         return [self._record(path=p, img=li, elapsed_ms=share + lm, fields_=r if li else {**in_memory, **r})
                 for p, li, lm, r in zip(paths, loaded, load_ms, rows)]
 
-    def iter_batches(self, paths: Iterable, *, workers: int = 4) -> Iterator[list[DetectionRecord]]:
+    def iter_batches(self, paths: Iterable, *, workers: int = 4, prefetch: bool = False
+                     ) -> Iterator[list[DetectionRecord]]:
         """Detect files batch by batch (records in input order), decoding with a pool of `workers` threads.
 
-        The next batch is decoded while the current one is tokenized. Unreadable files give error
-        records (never exceptions).
+        Unreadable files give error records (never exceptions). `prefetch`: see `iter_loaded`.
         """
-        for chunk, results in self.iter_loaded(paths, workers=workers):
+        for chunk, results in self.iter_loaded(paths, workers=workers, prefetch=prefetch):
             yield self._detect_loaded(chunk, results)
 
-    def iter_loaded(self, paths: Iterable, *, workers: int = 4
+    def iter_loaded(self, paths: Iterable, *, workers: int = 4, prefetch: bool = False
                     ) -> Iterator[tuple[list, list[tuple[LoadedImage | None, str | None, float]]]]:
-        """Decode files in batches of `batch_size` with `workers` threads, one batch ahead of the consumer.
+        """Decode files in batches of `batch_size`, each batch spread over `workers` threads.
 
-        Yields (paths of the batch, [(LoadedImage or None, error line or None, decode ms)]).
+        Yields (paths of the batch, [(LoadedImage or None, error line or None, decode ms)]). With
+        `prefetch` the next batch is decoded while the consumer works on the current one; that overlaps
+        decoding with tokenizing when the tokenizer runs elsewhere (a GPU), but on a CPU tokenizer the
+        decoding threads contend with it for the GIL and slow it down, so it is off by default.
         """
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
@@ -384,10 +387,12 @@ class Detector:
             pending = submit(chunks[0]) if chunks else []
             for i, chunk in enumerate(chunks):
                 futures = pending
-                pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
                 try:
                     results = [f.result() for f in futures]
+                    pending = submit(chunks[i + 1]) if prefetch and i + 1 < len(chunks) else []
                     yield chunk, results
+                    if not prefetch and i + 1 < len(chunks):
+                        pending = submit(chunks[i + 1])
                 except BaseException:  # incl. GeneratorExit when the consumer stops early
                     for f in pending:
                         f.cancel()
