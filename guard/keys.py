@@ -210,7 +210,7 @@ class WatermarkKey:
         mode = stat.S_IMODE(st.st_mode)
         if os.name == "posix" and mode & 0o077 and not force:
             raise KeyFileError(f"key file {path} is readable or writable by group/others (mode {mode:04o}); "
-                               f"fix it with `chmod 600 {path}` (or force the load)")
+                               f"fix it with `chmod 600 {path}`")
         try:
             doc = json.loads(path.read_bytes())
         except OSError as e:
