@@ -28,16 +28,6 @@ def app():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    if not (WEIGHTS_DIR / "vq.safetensors").exists():
-        pytest.skip("reference VQ weights not trained yet (guard/models/reference/weights/vq.safetensors absent)")
-    from guard.models import load_tokenizer
-
-    torch.set_num_threads(1)
-    return load_tokenizer("reference")
-
-
-@pytest.fixture(scope="module")
 def need_gpt(tok):
     if not (WEIGHTS_DIR / "gpt.safetensors").exists():
         pytest.skip("reference GPT weights not trained yet (guard/models/reference/weights/gpt.safetensors absent)")

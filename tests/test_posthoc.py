@@ -8,18 +8,8 @@ import torch
 
 from guard.errors import ConfigError
 from guard.keys import WatermarkKey
-from guard.models.reference import WEIGHTS_DIR, shapes
+from guard.models.reference import shapes
 from guard.watermark import GreenLists, psnr, watermark_image
-
-
-@pytest.fixture(scope="module")
-def tok():
-    if not (WEIGHTS_DIR / "vq.safetensors").exists():
-        pytest.skip("reference VQ weights not trained yet (guard/models/reference/weights/vq.safetensors absent)")
-    from guard.models import load_tokenizer
-
-    torch.set_num_threads(1)
-    return load_tokenizer("reference")
 
 
 @pytest.fixture(scope="module")

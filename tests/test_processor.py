@@ -11,7 +11,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from guard.errors import ConfigError
 from guard.keys import WatermarkKey
-from guard.models.reference import WEIGHTS_DIR
 from guard.watermark import RED_LOGIT, GreenLists, WatermarkProcessor
 
 GAMMA = 0.25
@@ -32,16 +31,6 @@ def unit_lists() -> GreenLists:
     tok = Vocab()
     key = WatermarkKey._from_secret(b"\x01" * 32, gamma=GAMMA, n_lists=4, tokenizer_id=tok.id, vocab_size=64)
     return GreenLists(key, tok)
-
-
-@pytest.fixture(scope="module")
-def gen():
-    if not (WEIGHTS_DIR / "gpt.safetensors").exists():
-        pytest.skip("reference GPT weights not trained yet (guard/models/reference/weights/gpt.safetensors absent)")
-    from guard.models import load
-
-    torch.set_num_threads(1)
-    return load("reference")
 
 
 @pytest.fixture(scope="module")
