@@ -1,0 +1,207 @@
+"""Shared plumbing of the transformers adapters (Janus, Emu3): offline checkpoint loading, weight
+hashing, pixel ranges, seeded sampling.
+
+Every load is local: `local_files_only=True` and `HF_HUB_OFFLINE=1` for the duration of the load, so a
+wrong path can never turn into a hub download. Errors are one-line `ModelError`s naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelError
+
+__all__ = ["checkpoint_dir", "offline", "weights_digest", "load_prefixed_state", "pick_device", "pick_dtype",
+           "seeded", "PixelRange", "check_sampling_args", "config_id"]
+
+
+def checkpoint_dir(path: str | os.PathLike, model_type: str, spec: str) -> Path:
+    """Validate a local transformers checkpoint folder of `model_type` ('janus', 'emu3'); return it.
+
+    Raises ModelError (one line) when the path is empty, missing, not a folder, has no config.json, or
+    holds another architecture.
+    """
+    if not str(path).strip():
+        raise ModelError(f"model spec {spec!r} has no path; use '{model_type}:/path/to/checkpoint'")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"{model_type} checkpoint not found: {p} (no such file or directory)")
+    if not p.is_dir():
+        raise ModelError(f"{model_type} checkpoint must be a folder saved with save_pretrained, got a file: {p}")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{p} is not a transformers checkpoint (no config.json); save one with "
+                         f"model.save_pretrained({str(p)!r})")
+    try:
+        found = json.loads(cfg.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ModelError(f"{cfg} is unreadable ({type(e).__name__})") from None
+    if found != model_type:
+        raise ModelError(f"{p} holds a {found!r} checkpoint, not {model_type!r}; use the matching --model prefix")
+    return p
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Forbid hub access while loading (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1), restoring the env after."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and raw bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _safetensors_files(ckpt: Path) -> list[Path]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ModelError(f"{index} is unreadable ({type(e).__name__})") from None
+        return [ckpt / f for f in sorted(set(weight_map.values()))]
+    single = ckpt / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def load_prefixed_state(ckpt: Path, prefixes: Sequence[str]) -> dict[str, torch.Tensor] | None:
+    """Tensors under the first of `prefixes` found in the checkpoint's safetensors, prefix stripped.
+
+    Reads only those tensors (a detector needs the VQ, not the multi-GB language model). Returns None when
+    the checkpoint has no safetensors or none of the prefixes occur (the caller then loads the full model).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    files = _safetensors_files(ckpt)
+    if not files:
+        return None
+    for prefix in prefixes:
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            if not f.is_file():
+                raise ModelError(f"checkpoint shard missing: {f}")
+            try:
+                with safe_open(str(f), framework="pt") as fh:
+                    for k in fh.keys():
+                        if k.startswith(prefix):
+                            state[k[len(prefix):]] = fh.get_tensor(k)
+            except (SafetensorError, OSError) as e:
+                raise ModelError(f"checkpoint weights unreadable: {f} ({' '.join(str(e).split())[:120]})") from None
+        if state:
+            return state
+    return None
+
+
+def config_id(ckpt: Path) -> str:
+    """Cheap stable id of a checkpoint: SHA-256 of config.json plus the weight files' names and sizes."""
+    h = hashlib.sha256((ckpt / "config.json").read_bytes())
+    for f in sorted(ckpt.glob("*.safetensors")) + sorted(ckpt.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`dtype`, or bfloat16 on CUDA and float32 on CPU."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run with torch's global RNG (which transformers' samplers use) seeded, then restore it; no-op for None."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class PixelRange:
+    """The checkpoint's pixel normalisation: unit [0, 1] <-> model space `(x - mean) / std` (per channel).
+
+    Taken from the saved image processor (`image_mean`, `image_std`) when there is one, else 0.5 / 0.5,
+    i.e. [-1, 1] as the original Janus and Emu3 code use.
+    """
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.mean = torch.tensor(list(mean) if mean is not None else [0.5] * 3, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(list(std) if std is not None else [0.5] * 3, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_image_processor(cls, ip: Any) -> "PixelRange":
+        if ip is None:
+            return cls()
+        return cls(getattr(ip, "image_mean", None), getattr(ip, "image_std", None))
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+
+def check_sampling_args(prompts: Sequence[str], n: int, cfg: float, temperature: float, top_k: int | None,
+                        top_p: float | None) -> list[str]:
+    """Validate `Generator.generate` arguments the same way for every adapter; returns prompts × n."""
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a list of strings, got a single str; wrap it in a list")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"n must be an int >= 1, got {n!r}")
+    if cfg < 1:
+        raise ConfigError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if not prompts:
+        raise ConfigError("prompts is empty; give at least one prompt")
+    return [p for p in prompts for _ in range(n)]
