@@ -116,13 +116,21 @@ class JanusTokenizer:
         """Cosine nearest code (the original Janus quantiser): (B,3,S,S) in [0,1] -> long (B,n,n) on the CPU."""
         self._check_images(images)
         h, w = self._grid
-        book = F.normalize(self.vq.quantize.embedding.weight.float(), dim=-1)
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            z = self.latents(images[i:i + self.batch_size])
-            zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float(), dim=-1)
-            out.append((zf @ book.T).argmax(-1).view(-1, h, w).cpu())
+        out = [self.quantize(self.latents(images[i:i + self.batch_size])).cpu()
+               for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, h, w, dtype=torch.long)
+
+    @torch.inference_mode()
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """The original quantiser (`codebook_l2_norm=True`): argmax cosine of z against the codebook.
+
+        z float (B, d, h, w) -> long (B, h, w). Equivalent to the Euclidean argmin after L2-normalising
+        both z and the codebook rows, which is what the decoder's `get_codebook_entry` inverts.
+        """
+        book = F.normalize(self.vq.quantize.embedding.weight.float(), dim=-1)
+        b, d, h, w = z.shape
+        zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=-1)
+        return (zf @ book.T).argmax(-1).view(b, h, w)
 
     @torch.inference_mode()
     def encode_euclidean(self, images: torch.Tensor) -> torch.Tensor:
