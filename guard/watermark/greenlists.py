@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..keys import WatermarkKey
@@ -199,7 +198,10 @@ class GreenLists:
     # ----------------------------------------------------------------------------------- post-hoc
     @property
     def nearest_green(self) -> torch.Tensor:
-        """long (K, V): the green code nearest (cosine, in `tokenizer.embeddings()` space) to each code.
+        """long (K, V): the green code nearest (Euclidean, in `tokenizer.embeddings()` space) to each code.
+
+        `embeddings()` are the vectors the tokenizer's quantiser compares: L2-normalised rows for a
+        cosine codebook (where Euclidean and cosine rank alike), the grid points for an FSQ tokenizer.
 
         Green codes map to themselves. With stratified lists, targets are alive green codes (dead codes
         decode to images the encoder rarely maps back to them). Computed on first use and cached.
@@ -213,7 +215,6 @@ class GreenLists:
         emb = torch.as_tensor(self._tokenizer.embeddings()).detach().float().cpu()
         if emb.ndim != 2 or emb.shape[0] != self.vocab_size:
             raise ConfigError(f"tokenizer embeddings must be (V={self.vocab_size}, d), got {tuple(emb.shape)}")
-        emb = F.normalize(emb, dim=1)
         targets = self.masks.clone()
         if self.alive is not None:
             alive_green = targets & self.alive
@@ -222,7 +223,7 @@ class GreenLists:
         out = torch.empty(self.n_lists, self.vocab_size, dtype=torch.long)
         neg = torch.tensor(float("-inf"))
         for i in range(0, self.vocab_size, chunk):
-            sim = emb[i:i + chunk] @ emb.T  # (c, V)
+            sim = -torch.cdist(emb[i:i + chunk], emb)  # (c, V): nearer is larger
             for k in range(self.n_lists):
                 out[k, i:i + chunk] = torch.where(targets[k], sim, neg).argmax(1)
         ar = torch.arange(self.vocab_size).expand(self.n_lists, -1)

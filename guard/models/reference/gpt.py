@@ -59,6 +59,9 @@ class GPTConfig:
     n_head: int = 6
     text_vocab: int = len(TEXT_VOCAB)
     text_len: int = TEXT_LEN
+    # FSQ tokenizers: the levels behind each code id; the input embedding then adds one embedding per
+    # level, so codes that decode alike start alike (the output head stays a full softmax over ids).
+    code_levels: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +107,12 @@ class ShapesGPT(nn.Module):
         d = cfg.d_model
         self.text_emb = nn.Embedding(cfg.text_vocab, d)
         self.image_emb = nn.Embedding(cfg.vocab_size, d)
+        if cfg.code_levels:
+            levels = torch.tensor(cfg.code_levels, dtype=torch.long)
+            self.register_buffer("levels", levels, persistent=False)
+            self.register_buffer("basis", torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0),
+                                 persistent=False)
+            self.level_emb = nn.ModuleList(nn.Embedding(int(lv), d) for lv in cfg.code_levels)
         self.boi = nn.Parameter(torch.zeros(1, 1, d))
         self.pos = nn.Parameter(torch.zeros(1, cfg.text_len + 1 + cfg.n_image_tokens, d))
         nn.init.normal_(self.pos, std=0.02)
@@ -119,13 +128,22 @@ class ShapesGPT(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input embedding of image codes (any shape) -> (..., d)."""
+        x = self.image_emb(codes)
+        if self.cfg.code_levels:
+            lv = (codes.unsqueeze(-1) // self.basis) % self.levels
+            for i, emb in enumerate(self.level_emb):
+                x = x + emb(lv[..., i])
+        return x
+
     def embed_prefix(self, text_ids: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.text_emb(text_ids), self.boi.expand(len(text_ids), -1, -1)], 1)
         return x + self.pos[:, : x.shape[1]]
 
     def hidden_states(self, text_ids: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
         """Teacher-forced residual stream after each block, (B, T+1+n-1, d) each (for erasure)."""
-        x = torch.cat([self.embed_prefix(text_ids), self.image_emb(codes[:, :-1]) +
+        x = torch.cat([self.embed_prefix(text_ids), self.embed_codes(codes[:, :-1]) +
                        self.pos[:, self.cfg.text_len + 1: self.cfg.text_len + codes.shape[1]]], 1)
         out = []
         for blk in self.blocks:
@@ -179,7 +197,7 @@ class ShapesGPT(nn.Module):
             step_in = torch.cat([nxt, nxt]) if guided else nxt
             pos = self.cfg.text_len + 1 + t
             if t + 1 < self.cfg.n_image_tokens:
-                x = self.image_emb(step_in)[:, None] + self.pos[:, pos: pos + 1]
+                x = self.embed_codes(step_in)[:, None] + self.pos[:, pos: pos + 1]
         return out
 
 

@@ -209,7 +209,8 @@ def load_reference(weights_dir: Path = WEIGHTS_DIR) -> ReferenceGenerator:
     card = read_card(weights_dir)
     tok = load_tokenizer(weights_dir)
     state, sha = load_weights("gpt", weights_dir)
-    gpt = ShapesGPT(GPTConfig(**card["components"]["gpt"]["config"]))
+    gpt = ShapesGPT(GPTConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in card["components"]["gpt"]["config"].items()}))
     gpt.load_state_dict(state)
     return ReferenceGenerator(gpt, tok, sha)
 

@@ -60,6 +60,23 @@ def update_card(out: Path, name: str, section: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- VQ
+def vq_config_from_card(out: Path):
+    """The VQ config recorded in `out/card.json` (the default cosine config for cards without one)."""
+    from .vq import VQConfig
+
+    path = Path(out) / "card.json"
+    cfg = json.loads(path.read_text()).get("components", {}).get("vq", {}).get("config") if path.exists() else None
+    return VQConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}) if cfg else VQConfig()
+
+
+def load_trained_vq(out: Path):
+    from .vq import VQModel
+
+    vq = VQModel(vq_config_from_card(out))
+    vq.load_state_dict(load_file(str(Path(out) / "vq.safetensors")))
+    return vq.eval()
+
+
 def uint8_roundtrip(x: torch.Tensor) -> torch.Tensor:
     """Straight-through rounding to 8-bit levels, as saving a PNG does."""
     return x + ((x.clamp(0, 1) * 255).round() / 255 - x).detach()
@@ -68,7 +85,7 @@ def uint8_roundtrip(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def eval_vq(model, imgs: torch.Tensor, batch: int = 250) -> dict:
     model.eval()
-    ps, agree, used = [], [], torch.zeros(model.cfg.codebook_size, dtype=torch.bool)
+    ps, agree, sub, used = [], [], [], torch.zeros(model.cfg.codebook_size, dtype=torch.bool)
     for i in range(0, len(imgs), batch):
         x = imgs[i:i + batch]
         idx = model.encode(x)
@@ -77,9 +94,15 @@ def eval_vq(model, imgs: torch.Tensor, batch: int = 250) -> dict:
         idx2 = model.encode((rec * 255).round() / 255)
         agree.append((idx2 == idx).float().flatten(1).mean(1))
         used[idx.flatten()] = True
+        # Off-distribution maps like a sampler makes: 30% of positions replaced by uniform random codes.
+        g = torch.Generator().manual_seed(i)
+        swap = torch.rand(idx.shape, generator=g) < 0.3
+        mixed = torch.where(swap, torch.randint(0, model.cfg.codebook_size, idx.shape, generator=g), idx)
+        again = model.encode((model.decode(mixed) * 255).round() / 255)
+        sub.append((again == mixed).float().flatten(1).mean(1))
     model.train()
     return {"psnr_db": float(torch.cat(ps).mean()), "roundtrip_agreement": float(torch.cat(agree).mean()),
-            "codes_used": int(used.sum())}
+            "roundtrip_agreement_30pct_random": float(torch.cat(sub).mean()), "codes_used": int(used.sum())}
 
 
 def train_vq(args) -> None:
@@ -91,10 +114,14 @@ def train_vq(args) -> None:
     test, _, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
     x_all, x_test = torch.from_numpy(imgs), to_float(test)
     log(f"vq: data {len(imgs)} train / {len(test)} held-out rendered in {time.time() - t0:.0f}s")
-    model = VQModel(VQConfig())
+    model = VQModel(VQConfig.fsq() if args.quantizer == "fsq" else VQConfig())
     if args.init:
-        model.load_state_dict(load_file(str(args.init)))
-        log(f"vq: initialised from {args.init}")
+        state, own = load_file(str(args.init)), model.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(keep, strict=False)
+        log(f"vq: initialised {len(keep)}/{len(own)} tensors from {args.init} (shape mismatches re-initialised)")
+    if model.is_fsq:
+        return _train_vq_fsq(args, model, x_all, x_test, t0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     usage = torch.zeros(model.cfg.codebook_size)
@@ -169,6 +196,106 @@ def train_vq(args) -> None:
     })
 
 
+def _jpeg_ste(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Real JPEG (PIL) in the forward pass, identity gradient (straight-through)."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for img, q in zip(x.detach().clamp(0, 1), quality.tolist()):
+        buf = io.BytesIO()
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(buf, format="JPEG", quality=int(q))
+        buf.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()))
+    y = torch.stack(out).permute(0, 3, 1, 2).float() / 255.0
+    return x + (y - x).detach()
+
+
+def _robustness_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """What happens to a saved image, mildly: always 8-bit rounding; then per image one of clean (50%),
+    Gaussian noise, JPEG 60-95, a 3x3 blur, a brightness change."""
+    x = uint8_roundtrip(x)
+    b = len(x)
+    kind = torch.randint(0, 10, (b,), generator=gen)
+    noise = x + torch.randn(x.shape, generator=gen) * torch.empty(b, 1, 1, 1).uniform_(0.005, 0.03, generator=gen)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+    blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    bright = x * torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15, generator=gen)
+    jpeg = _jpeg_ste(x, torch.randint(60, 96, (b,), generator=gen))
+    pick = lambda lo, hi: ((kind >= lo) & (kind < hi)).view(b, 1, 1, 1).float()  # noqa: E731
+    out = x * pick(0, 5) + noise * pick(5, 6) + jpeg * pick(6, 8) + blur * pick(8, 9) + bright * pick(9, 10)
+    return uint8_roundtrip(out.clamp(0, 1))
+
+
+def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
+    """FSQ VQ: reconstruction first, then reconstruction + idempotence.
+
+    Idempotence phase (from step (1 - idem_frac) * steps): the targets are the encoder's own levels on
+    real images with a fraction of positions (--sub-frac) replaced by uniform random codes, so that
+    every code, in any context, must decode to pixels the encoder reads back (a sampler's token maps
+    are not the encoder's); the decoded image goes through 8-bit rounding and mild saving noise
+    (JPEG, noise, blur, brightness) and the encoder must land within --margin of the target level in
+    every channel (squared hinge). Real encodings get the same margin so small pixel changes do not
+    flip them. The codebook is the fixed FSQ grid: nothing can collapse onto a few codes.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(args.seed)
+    idem_start = int(args.steps * (1 - args.idem_frac))
+    last = min(args.steps, args.stop_after or args.steps)
+    usage = torch.zeros(model.cfg.codebook_size)
+    lv = model.levels.view(1, -1, 1, 1)
+    for step in range(last):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        sel = torch.randint(0, len(x_all), (args.batch,), generator=gen)
+        x = x_all[sel].permute(0, 3, 1, 2).float().div(255.0)
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(3)
+        if args.crop:
+            # Token-aligned random crops: the nets are convolutional, the losses local; 4x cheaper steps.
+            oy, ox = (torch.randint(0, (64 - args.crop) // 4 + 1, (2,), generator=gen) * 4).tolist()
+            x = x[:, :, oy:oy + args.crop, ox:ox + args.crop]
+        rec, idx, _, zb = model(x)
+        rec_loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean()
+        idem = torch.zeros(())
+        loss = rec_loss
+        if step >= idem_start:
+            q_real = model.round_levels(zb).detach()
+            commit = F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
+            swap = torch.rand(q_real[:, :1].shape, generator=gen) < args.sub_frac
+            rand_q = torch.floor(torch.rand(q_real.shape, generator=gen) * lv)
+            q_t = torch.where(swap, rand_q, q_real)
+            img = _robustness_augment(model.decoder(model.levels_to_latent(q_t)), gen)
+            zb2 = model.bounded(img)
+            idem = F.relu((zb2 - q_t).abs() - args.margin).pow(2).mean()
+            loss = rec_loss + args.idem_weight * (idem + commit)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            usage.mul_(0.99).add_(torch.bincount(idx.flatten(), minlength=model.cfg.codebook_size).float())
+        if step % args.log_every == 0 or step == last - 1:
+            with torch.no_grad():
+                p = psnr(rec.clamp(0, 1), x).mean()
+            log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.4f} "
+                f"in-use {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
+        if (step + 1) % args.ckpt_every == 0:
+            save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
+            log(f"vq eval step {step + 1}: {eval_vq(model, x_test[:300])}")
+    metrics = eval_vq(model, x_test)
+    log(f"vq final held-out: {metrics}")
+    save_file(model.state_dict(), str(Path(args.out) / "vq.safetensors"))
+    update_card(Path(args.out), "vq", {
+        "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
+        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "stop_after": args.stop_after,
+        "crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight, "margin": args.margin, "sub_frac": args.sub_frac,
+        "batch": args.batch, "n_train": args.n_train, "lr": args.lr, "init": str(args.init) if args.init else None,
+        "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+    })
+
+
 # ---------------------------------------------------------------------------------------- classifier
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Blur and noise so the classifier also reads VQ-decoded (slightly soft) images."""
@@ -193,9 +320,7 @@ def train_classifier(args) -> None:
     vq = None
     vq_path = Path(args.out) / "vq.safetensors"
     if vq_path.exists():
-        vq = VQModel()
-        vq.load_state_dict(load_file(str(vq_path)))
-        vq.eval()
+        vq = load_trained_vq(Path(args.out))
         log("classifier: half of the batches go through the VQ round trip")
     x_all, y_all = torch.from_numpy(imgs), torch.from_numpy(labels)
     model = SceneClassifier()
@@ -252,9 +377,7 @@ def make_tokens(args) -> None:
 
     t0 = time.time()
     imgs, _, prompts = cached_dataset(args.workdir, 0, args.n_train, "train")
-    vq = VQModel()
-    vq.load_state_dict(load_file(str(Path(args.out) / "vq.safetensors")))
-    vq.eval()
+    vq = load_trained_vq(Path(args.out))
     codes = torch.cat([vq.encode(to_float(imgs[i:i + 500])) for i in range(0, len(imgs), 500)])
     path = Path(args.workdir) / "gpt_tokens.npz"
     np.savez(path, codes=codes.numpy().astype(np.int16), prompts=np.array(prompts))
@@ -276,7 +399,12 @@ def train_gpt(args) -> None:
     codes = torch.from_numpy(d["codes"].astype(np.int64)).flatten(1)
     text = tokenize_prompts([str(p) for p in d["prompts"]])
     log(f"gpt: {len(codes)} sequences")
-    model = ShapesGPT(GPTConfig())
+    vq_cfg = vq_config_from_card(Path(args.out))
+    model = ShapesGPT(GPTConfig(vocab_size=vq_cfg.codebook_size,
+                                code_levels=vq_cfg.levels if vq_cfg.quantizer == "fsq" else ()))
+    if args.init:
+        model.load_state_dict(load_file(str(args.init)))
+        log(f"gpt: initialised from {args.init}")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -301,6 +429,7 @@ def train_gpt(args) -> None:
                 f"{time.time() - t0:.0f}s")
         if (step + 1) % args.ckpt_every == 0:
             save_file(model.state_dict(), str(Path(args.workdir) / "gpt.ckpt.safetensors"))
+            save_file(model.state_dict(), str(Path(args.workdir) / f"gpt.step{step + 1}.safetensors"))
     save_file(model.state_dict(), str(Path(args.out) / "gpt.safetensors"))
     update_card(Path(args.out), "gpt", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
@@ -326,19 +455,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", type=Path, default=None, help="start from this safetensors state (fine-tuning)")
     # VQ
-    p.add_argument("--idem-frac", type=float, default=0.0,
-                   help="final fraction of VQ steps with the idempotence loss (experimental; off by default: "
-                        "see card.json 'experiments')")
+    p.add_argument("--quantizer", choices=["fsq", "cosine"], default="fsq")
+    p.add_argument("--idem-frac", type=float, default=None,
+                   help="final fraction of VQ steps with the idempotence loss (fsq default 0.8; the cosine "
+                        "quantiser collapsed under it, see card.json 'experiments')")
+    p.add_argument("--crop", type=int, default=32, help="fsq: train on token-aligned random crops of this size (0 = full)")
+    p.add_argument("--margin", type=float, default=0.15, help="fsq: idempotence margin in levels")
+    p.add_argument("--sub-frac", type=float, default=0.3, help="fsq: share of random codes in idempotence targets")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps, the LR schedule still spanning --steps")
-    p.add_argument("--idem-weight", type=float, default=0.1)
+    p.add_argument("--idem-weight", type=float, default=None)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
     return p
 
 
 DEFAULTS = {
-    "vq": {"steps": 2000, "batch": 32, "lr": 2e-3, "n_train": 40000, "stop_after": 1250},
+    "vq": {"steps": 2400, "batch": 32, "lr": 2e-3, "n_train": 40000, "idem_frac": 0.8, "idem_weight": 0.05},
     "classifier": {"steps": 1000, "batch": 64, "lr": 2e-3, "n_train": 40000},
     "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
@@ -355,6 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     for comp in comps:
         a = argparse.Namespace(**vars(args))
         for k, v in DEFAULTS[comp].items():
+            if getattr(a, k, None) is None:
+                setattr(a, k, v)
+        for k, v in {"idem_frac": 0.0, "idem_weight": 0.1}.items():
             if getattr(a, k) is None:
                 setattr(a, k, v)
         globals()[{"vq": "train_vq", "classifier": "train_classifier", "tokens": "make_tokens", "gpt": "train_gpt"}[comp]](a)
