@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import ConfigError, ImageError, KeyFileError
+from ..provenance.binding import empty_record_fields, record_fields
+from ..provenance.read import ManifestReader
 from . import stats
 from .images import MAX_PIXELS, LoadedImage, load_image
 
@@ -64,6 +66,17 @@ class DetectionRecord:
         log10_p: log10 of `p_value`, exact even when `p_value` underflows.
         alpha: the significance level used.
         watermarked: p_value <= alpha (False on error rows).
+        c2pa_manifest: the file carries Content Credentials (C2PA); None when not checked (error rows,
+            in-memory images, provenance off, formats c2pa cannot hold). An addition to DESIGN §6, as are
+            the c2pa_* fields and `provenance` (see `guard.provenance.binding`).
+        c2pa_state: "trusted", "valid" or "invalid" (None without a manifest).
+        c2pa_status: c2pa's failure status codes joined by ";" (e.g. "assertion.dataHash.mismatch").
+        c2pa_signer: the signing certificate's common name.
+        c2pa_claim_generator: "name/version" of the tool that signed (e.g. "guard/0.1.0").
+        c2pa_key_id: the watermark key id named in the manifest's guard soft binding.
+        c2pa_key_match: the manifest's key id equals `key_id` of the watermark found (None when no
+            watermark was found or there is no manifest).
+        provenance: "agree", "mismatch", "watermark-only", "manifest-only", "invalid-manifest" or "none".
         error: None, or one line saying why the file could not be read.
         elapsed_ms: this image's decode time plus its share of its batch's tokenize + test time.
         guard_version: guard's version.
@@ -89,6 +102,14 @@ class DetectionRecord:
     log10_p: float | None
     alpha: float
     watermarked: bool
+    c2pa_manifest: bool | None
+    c2pa_state: str | None
+    c2pa_status: str | None
+    c2pa_signer: str | None
+    c2pa_claim_generator: str | None
+    c2pa_key_id: str | None
+    c2pa_key_match: bool | None
+    provenance: str | None
     error: str | None
     elapsed_ms: float
     guard_version: str
@@ -180,6 +201,8 @@ class Detector:
             then counts every transform.
         batch_size: images per tokenizer call (with search, transforms × images are batched together).
         max_pixels: decompression-bomb limit for files.
+        provenance: read each file's Content Credentials into the record (True, default), with a
+            `guard.provenance.ManifestReader` (e.g. one holding trust anchors), or not at all (False).
 
     Raises:
         ConfigError: a bad argument; KeyFileError: a key made for another tokenizer.
@@ -192,7 +215,8 @@ class Detector:
     """
 
     def __init__(self, green_lists, tokenizer, *, test: str = "distinct", alpha: float = 1e-4,
-                 search: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS) -> None:
+                 search: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
+                 provenance: "bool | ManifestReader" = True) -> None:
         lists = [green_lists] if hasattr(green_lists, "masks") else list(green_lists)
         if not lists:
             raise ConfigError("green_lists is empty; pass at least one GreenLists (one per key)")
@@ -226,6 +250,7 @@ class Detector:
         self._masks = [g.masks.detach().to("cpu", torch.bool) for g in lists]
         self._alive = [g.alive.detach().to("cpu", torch.bool) if g.stratified else None for g in lists]
         self._log10_alpha = math.log10(self.alpha)
+        self.manifests = ManifestReader() if provenance is True else (provenance or None)
 
     def __repr__(self) -> str:
         keys = ",".join(g.key_id for g in self.green_lists)
@@ -307,11 +332,21 @@ class Detector:
             width=img.width if img else None, height=img.height if img else None,
             resize=img.resize if img else None, key_id=None, tokenizer_id=self.tokenizer.id, test=self.test,
             n_tokens=None, n_distinct=None, n_green=None, list_index=None, transform=None, gamma=None,
-            p_value_raw=None, p_value=None, log10_p=None, alpha=self.alpha, watermarked=False, error=error,
-            elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
+            p_value_raw=None, p_value=None, log10_p=None, alpha=self.alpha, watermarked=False,
+            **empty_record_fields(), error=error, elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
         if fields_:
             base.update(fields_)
+        if self.manifests is not None and img is not None and path is not None and error is None:
+            base.update(self._provenance(path, base["watermarked"], base["key_id"]))
         return DetectionRecord(**base)
+
+    def _provenance(self, path, watermarked: bool, key_id: str | None) -> dict:
+        """The file's Content Credentials as record fields (all None if the file cannot be read again)."""
+        try:
+            summary = self.manifests.read(path)
+        except Exception:  # noqa: BLE001 - the watermark row stands even if the manifest cannot be read
+            summary = None
+        return record_fields(summary, watermarked, key_id)
 
     def error_record(self, path, error: str, elapsed_ms: float = 0.0) -> DetectionRecord:
         """The row for a file that could not be read: every statistic None, `watermarked` False."""
