@@ -4,7 +4,9 @@
     guard watermark posthoc photo1.png photo2.jpg --out marked/ --min-psnr 30
 
 Both write PNGs plus `manifest.jsonl` (one JSON object per image) into --out, print the PNG paths on
-stdout and log to stderr. Key, config and model errors exit with code 2; unreadable input images get
+stdout and log to stderr. With `--sign CERT_CHAIN.pem --sign-key KEY.pem [--tsa URL]` each PNG also
+carries signed C2PA Content Credentials naming the watermark key id (see `guard.provenance`).
+Key, config and model errors exit with code 2; unreadable input images get
 an error row and make posthoc exit with code 3.
 """
 
@@ -36,6 +38,26 @@ MANIFEST = "manifest.jsonl"
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Key file (default: the default key, created on first "
                                                            "use under $XDG_CONFIG_HOME/guard/keys/).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: 'reference' (default) or an adapter spec.")]
+SignOpt = Annotated[Path | None, typer.Option("--sign", help="Certificate chain (PEM, signer first): embed signed C2PA "
+                                                             "Content Credentials in every PNG (needs --sign-key).")]
+SignKeyOpt = Annotated[Path | None, typer.Option("--sign-key", help="The signer's private key (PEM, mode 0600).")]
+TsaOpt = Annotated[str | None, typer.Option("--tsa", help="RFC 3161 timestamp authority URL for the signatures.")]
+
+
+def _open_signer(chain: Path | None, sign_key: Path | None, tsa: str | None):
+    """An `ImageSigner` checked by a test signature (before any image is made), or None without --sign."""
+    if chain is None and sign_key is None:
+        if tsa is not None:
+            raise ConfigError("--tsa needs --sign CERT_CHAIN.pem and --sign-key KEY.pem")
+        return None
+    if chain is None or sign_key is None:
+        raise ConfigError("--sign CERT_CHAIN.pem and --sign-key KEY.pem go together")
+    from ..provenance import ImageSigner, SigningMaterial
+
+    signer = ImageSigner(SigningMaterial.load(chain, sign_key, tsa))
+    signer.check()
+    info(f"signing Content Credentials as {signer.material.signer_name!r} (issuer {signer.material.issuer_name!r})")
+    return signer
 
 
 def _resolve_key(key_path: Path | None, tokenizer: Any) -> WatermarkKey:
@@ -94,6 +116,9 @@ def generate(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Images per prompt.")] = 1,
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and manifest.jsonl.")] = Path("watermarked"),
     key: KeyOpt = None,
+    sign: SignOpt = None,
+    sign_key: SignKeyOpt = None,
+    tsa: TsaOpt = None,
     delta: Annotated[float | None, typer.Option("--delta", help="Soft bias added to green logits (default 2.0).")] = None,
     hard: Annotated[bool, typer.Option("--hard", help="Hard green list: only green codes can be sampled.")] = False,
     model: ModelOpt = "reference",
@@ -125,6 +150,7 @@ def generate(
             proc.check_sampling(temperature=temperature, top_k=top_k)
         for w in caught:
             info(f"warning: {w.message}")
+        signer = _open_signer(sign, sign_key, tsa)
         info(f"generating {len(prompts) * n} image(s) with {gen.id} ({'hard' if hard else f'delta={proc.delta}'})")
         codes = gen.generate(prompts, n=n, seed=seed, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                              logits_processor=[proc])
@@ -137,14 +163,23 @@ def generate(
             for i, (img, p) in enumerate(zip(images, all_prompts)):
                 name = f"{i:05d}.png"
                 _save_png(img, out / name)
+                if signer is not None:
+                    from ..provenance import generation_manifest
+
+                    signer.sign_file(out / name, generation_manifest(
+                        title=name, model_id=gen.id, key_id=wm_key.key_id, tokenizer_id=tok.id, gamma=wm_key.gamma,
+                        n_lists=wm_key.n_lists, mode="hard" if rec["hard"] else f"delta={rec['delta']:g}"))
                 row = {"file": name, "prompt": p, "seed": seed, "index": i,
                        "list_index": rec["list_indices"][i] if i < len(rec["list_indices"]) else None,
                        "delta": rec["delta"], "hard": rec["hard"], "applied": rec["applied"], "key_id": rec["key_id"],
                        "model": gen.id, "tokenizer_id": tok.id, "cfg": cfg, "temperature": temperature,
-                       "top_k": top_k, "top_p": top_p}
+                       "top_k": top_k, "top_p": top_p,
+                       "c2pa_signer": signer.material.signer_name if signer is not None else None}
                 mf.write(json.dumps(row) + "\n")
                 typer.echo(str(out / name))
-        info(f"wrote {len(images)} image(s) and {out / MANIFEST}")
+        info(f"wrote {len(images)} image(s) and {out / MANIFEST}" + (", signed" if signer is not None else ""))
+        if signer is not None:
+            signer.close()
 
 
 @watermark_app.command("posthoc")
@@ -152,6 +187,9 @@ def posthoc(
     images: Annotated[list[Path], typer.Argument(help="Images to watermark (any format PIL reads).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for PNGs and manifest.jsonl.")],
     key: KeyOpt = None,
+    sign: SignOpt = None,
+    sign_key: SignKeyOpt = None,
+    tsa: TsaOpt = None,
     min_psnr: Annotated[float, typer.Option("--min-psnr", help="PSNR floor in dB against the input; iterates "
                                                                "below it are not kept.")] = 30.0,
     max_iters: Annotated[int, typer.Option("--max-iters", min=1, help="At most this many swap rounds.")] = 5,
@@ -170,6 +208,7 @@ def posthoc(
         tok = load_tokenizer(model)
         wm_key = _resolve_key(key, tok)
         gl = GreenLists(wm_key, tok)
+        signer = _open_signer(sign, sign_key, tsa)
         size = tok.image_size
         base = {"key_id": wm_key.key_id, "tokenizer_id": tok.id, "min_psnr": min_psnr}
         with open(out / MANIFEST, "w", encoding="utf-8") as mf:
@@ -185,7 +224,7 @@ def posthoc(
                         mf.write(json.dumps({"file": None, "source": str(path), "list_index": None, "psnr": None,
                                              "green_share_before": None, "green_share_after": None,
                                              "iterations": None, "resized_from": None, **base,
-                                             "error": str(e)}) + "\n")
+                                             "c2pa_signer": None, "error": str(e)}) + "\n")
                         continue
                     loaded.append(x)
                     meta.append((i, path, original))
@@ -195,6 +234,14 @@ def posthoc(
                 for j, (i, path, original) in enumerate(meta):
                     name = f"{i:05d}_{path.stem}.png"
                     _save_png(res.images[j], out / name)
+                    if signer is not None:
+                        from ..provenance import posthoc_manifest
+                        from ..provenance.sign import mime_for
+
+                        signer.sign_file(out / name, posthoc_manifest(
+                            title=name, key_id=wm_key.key_id, tokenizer_id=tok.id, gamma=wm_key.gamma,
+                            n_lists=wm_key.n_lists, resized_from=original if original != (size, size) else None,
+                            size=size), parent=path if mime_for(path) else None)
                     p = float(res.psnr[j])
                     row = {"file": name, "source": str(path), "list_index": res.list_indices[j],
                            "psnr": None if p == float("inf") else round(p, 3),
@@ -202,12 +249,16 @@ def posthoc(
                            "green_share_after": round(float(res.green_share_after[j]), 6),
                            "iterations": int(res.iterations[j]),
                            "resized_from": list(original) if original != (size, size) else None, **base,
+                           "c2pa_signer": signer.material.signer_name if signer is not None else None,
                            "error": None}
                     mf.write(json.dumps(row) + "\n")
                     if row["iterations"] == 0:
                         info(f"warning: {path}: no iterate kept the PSNR >= {min_psnr} dB while raising the green "
                              f"share; written unchanged (lower --min-psnr to mark it)")
                     typer.echo(str(out / name))
-        info(f"wrote {len(images) - failed} image(s) and {out / MANIFEST}" + (f"; {failed} unreadable" if failed else ""))
+        info(f"wrote {len(images) - failed} image(s) and {out / MANIFEST}" + (f"; {failed} unreadable" if failed else "")
+             + (", signed" if signer is not None else ""))
+        if signer is not None:
+            signer.close()
     if failed:
         raise typer.Exit(EXIT_UNREADABLE)
