@@ -14,7 +14,7 @@ import typer
 from ._common import app
 
 # Command modules register on import.
-from . import keygen_cmd, watermark_cmd, detect_cmd  # noqa: E402,F401
+from . import keygen_cmd, watermark_cmd, detect_cmd, erase_cmd  # noqa: E402,F401
 
 
 def main() -> None:

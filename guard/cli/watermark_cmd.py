@@ -130,6 +130,8 @@ def generate(
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail instead of warning when sampling settings "
                                                           "defeat the watermark.")] = False,
+    erased: Annotated[Path | None, typer.Option("--erased", help="Erasure delta (from `guard erase train`): generate "
+                                                                 "with base weights + delta.")] = None,
 ) -> None:
     """Generate watermarked images: PNGs + manifest.jsonl (list index, key id, settings per image)."""
     from ..models import load
@@ -141,6 +143,10 @@ def generate(
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
         _prepare_out(out)
         gen = load(model)
+        if erased is not None:
+            from ..erasure import load_erased
+
+            gen = load_erased(gen, erased)
         tok = gen.tokenizer
         wm_key = _resolve_key(key, tok)
         proc = WatermarkProcessor(GreenLists(wm_key, tok), delta=2.0 if delta is None else delta, hard=hard,

@@ -1,0 +1,163 @@
+"""Measure concept erasure on the reference model: EAR, its ablations, and ConceptSteering.
+
+    nice -n 10 python bench/measure_erasure.py                     # circle->square and red->blue, n=256
+    nice -n 10 python bench/measure_erasure.py --n 96 --concepts circle:square
+
+For each concept: one full EAR erasure through the CLI (`guard erase train`, in a child process whose
+wall time and peak RSS are read with os.wait4), EAR without TLM and without WGA (same kept pairs, same
+budget), ConceptSteering at a fixed eta (chosen before this run, never on these figures), all evaluated
+on the same prompts and seeds as the original model (`guard.erasure.evaluate`): concept rate on target
+prompts (training template, held-out synonyms, paraphrases), non-target adherence, token agreement,
+exact McNemar tests (Holm over the report). Writes bench/results/erasure.json, erasure_<concept>.csv and
+erasure_<concept>_grid.png. Generated codes are cached under --work, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from guard.erasure import EarConfig, load_erased, save_delta, changed_tensors  # noqa: E402
+from guard.erasure.ear import ear_model_for, train_ear  # noqa: E402
+from guard.erasure.evaluate import Variant, evaluate_erasure  # noqa: E402
+from guard.erasure.pairs import ReferenceJudge, check_pair, filter_pairs, training_pairs  # noqa: E402
+from guard.erasure.steer import ConceptSteering  # noqa: E402
+from guard.models import load  # noqa: E402
+from guard.models.reference import load_classifier  # noqa: E402
+
+STEER_PROMPT = "a {concept}"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed_train(cmd: list[str], logs: Path) -> dict:
+    """Run a command, reaping the child ourselves (os.wait4): its own wall time, CPU time and peak RSS."""
+    t0 = time.time()
+    with open(logs / "train.out", "w") as out_f, open(logs / "train.err", "w") as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    out, err = (logs / "train.out").read_text(), (logs / "train.err").read_text()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed ({code}): {err.strip()[-800:]}")
+    return {"command": shlex.join(cmd), "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "cpu_user_s": round(usage.ru_utime, 1), "stdout": out.strip(), "stderr_tail": err.strip().splitlines()[-3:]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concepts", default="circle:square,red:blue")
+    p.add_argument("--n", type=int, default=256, help="images per prompt set (target, non-target) per variant")
+    p.add_argument("--steer-eta", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("/tmp/guard-erasure-bench"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/erasure.json")
+    p.add_argument("--skip-ablations", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = load("reference")
+    base.batch_size = 128
+    judge = ReferenceJudge(load_classifier())
+    results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
+               "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
+                           "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
+               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "concepts": {}}
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        if previous.get("base_model") == base.id and previous.get("n_per_set") == args.n:
+            results["concepts"] = previous.get("concepts", {})
+    for spec in args.concepts.split(","):
+        concept, replacement = spec.split(":")
+        c, r = check_pair(concept, replacement)
+        work = args.work / f"{c.name}-{base.id.replace('@', '_')}"
+        work.mkdir(parents=True, exist_ok=True)
+        entry = results["concepts"].setdefault(c.name, {"replacement": r.name})
+        default = EarConfig(seed=args.seed)
+        delta = work / "ear.safetensors"
+        if "erasure_cost" not in entry or not delta.exists():
+            log(f"{c.name}: EAR through the CLI (timed child process)")
+            guard_exe = shutil.which("guard") or str(Path(sys.executable).parent / "guard")
+            cost = timed_train([guard_exe, "erase", "train", "--concept", c.name, "--replacement", r.name,
+                                "--out", str(delta), "--threads", "2", "--seed", str(args.seed), "--force"], work)
+            cost["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+            entry["erasure_cost"] = cost
+            entry["card"] = json.loads(delta.with_suffix(".json").read_text())
+            log(f"{c.name}: EAR took {cost['wall_s']}s, peak RSS {cost['peak_rss_mib']} MiB")
+        variants = [Variant("ear", load_erased(base, delta), description="EAR (WGA + TLM)")]
+        if not args.skip_ablations:
+            kept = None
+            for name, cfg in (("ear-no-tlm", EarConfig(seed=args.seed, mu=None)),
+                              ("ear-no-wga", EarConfig(seed=args.seed, window=1))):
+                path = work / f"{name}.safetensors"
+                if not path.exists():
+                    if kept is None:
+                        pairs = training_pairs(c, r, default.candidates, seed=default.seed)
+                        kept, _ = filter_pairs(pairs, base, judge, c, seed=default.seed, cfg=default.cfg)
+                    t0 = time.time()
+                    model = ear_model_for(base)
+                    student, tlog = train_ear(model, kept, cfg)
+                    card = {"concept": c.name, "replacement": r.name, "base_model": base.id, "ablation": name,
+                            "window": cfg.window, "mu": cfg.mu, "eta": cfg.eta, "layers": list(cfg.layers),
+                            "epochs": cfg.epochs, "seed": cfg.seed, "steps": tlog[-1]["step"],
+                            "train_time_s": round(time.time() - t0, 1)}
+                    save_delta(path, changed_tensors(model.module, student), card)
+                    log(f"{c.name}: {name} trained ({card['steps']} steps, {card['train_time_s']}s)")
+                entry.setdefault("ablation_cards", {})[name] = json.loads(path.with_suffix(".json").read_text())
+                variants.append(Variant(name, load_erased(base, path), description=name))
+        prompt = STEER_PROMPT.format(concept=c.name)
+        variants.append(Variant(f"steer-{args.steer_eta:g}", base,
+                                lambda g, prompt=prompt: [ConceptSteering(g, {prompt: args.steer_eta})],
+                                f"ConceptSteering({prompt!r}: {args.steer_eta:g})"))
+        t0 = time.time()
+        report = evaluate_erasure(base, variants, c.name, r.name, n_target=args.n, n_non_target=args.n,
+                                  seed=args.seed + 1000, judge=judge, out_dir=work / "eval", cache_dir=work / "cache",
+                                  log=log)
+        entry["eval_wall_s"] = round(time.time() - t0, 1)
+        entry["rows"] = report["rows"]
+        entry["grid_prompts"] = report["grid_prompts"]
+        out_dir = args.out.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grid = out_dir / f"erasure_{c.name}_grid.png"
+        grid.write_bytes(Path(report["files"]["grid"]).read_bytes())
+        (out_dir / f"erasure_{c.name}.csv").write_text(Path(report["files"]["csv"]).read_text())
+        entry["files"] = {"grid": str(grid.relative_to(ROOT)), "csv": f"bench/results/erasure_{c.name}.csv"}
+        entry["summary"] = summarize(report["rows"])
+        results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"{c.name}: {json.dumps(entry['summary'])}")
+    print(json.dumps({k: v.get("summary") for k, v in results["concepts"].items()}, indent=2))
+
+
+def summarize(rows: list[dict]) -> dict:
+    out: dict = {}
+    for row in rows:
+        v = out.setdefault(row["variant"], {})
+        if row["prompt_set"] == "non_target":
+            v["non_target_adherence_shape"] = row["adherence_shape"]
+            v["non_target_adherence_colour"] = row["adherence_colour"]
+            v["non_target_token_agreement"] = row["token_agreement"]
+        else:
+            v[f"rate_{row['prompt_set'].replace('target/', '')}"] = row["concept_rate"]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""EAR fine-tuning: erase a concept by regressing hidden states, with WGA and TLM.
+
+For a concept prompt c, its replacement prompt r and a rollout x (image codes sampled from the original
+model for c), the student θ is trained so that, at every image position t,
+
+    h_θ(c, x<t)  ≈  h*(r, x<t) − η · (h*(c, x<t) − h*(r, x<t))
+
+where h is the last hidden state (the residual stream before the final norm) and * is the frozen
+original (the teacher). Only the attention projections of the first layers are trained. Rollouts are
+teacher-forced: one forward per branch gives every position's hidden state at once (EAR's own loop
+decodes token by token).
+
+Windowed Gradient Accumulation (WGA): image positions are cut into windows of W; the loss of a window is
+accumulated into one backward and one optimiser step. Thresholded Loss Masking (TLM): a rollout's window
+whose loss is <= μ is masked out; when every rollout of the batch is masked the step is skipped.
+`window=1` is EAR without WGA (a step per position) and `mu=None` EAR without TLM.
+
+    >>> from guard.models import load
+    >>> from guard.erasure import EarConfig, erase
+    >>> result = erase(load("reference"), "circle", "square", EarConfig(), out="erase-circle.safetensors")
+    >>> result.card["steps"], result.delta_path
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from .delta import changed_tensors, save_delta
+from .pairs import PromptPair, ReferenceJudge, check_pair, filter_pairs, training_pairs
+
+__all__ = ["EarConfig", "EarModel", "EarResult", "ReferenceEarModel", "ear_model_for", "erase", "train_ear"]
+
+
+# ------------------------------------------------------------------------------------------ model interface
+@runtime_checkable
+class EarModel(Protocol):
+    """What EAR needs from a generator: its trainable network, hidden states, and named attention weights.
+
+    `module` is the network whose `state_dict` keys name the delta's tensors. `image_hidden(module, text,
+    codes)` runs `module` teacher-forced on prompts `text` (as returned by `encode_prompts`) and image codes
+    (B, n) and returns the last hidden states (B, n, d) at the positions that predict codes[:, 0..n-1]
+    (position t sees only codes < t). `attention_parameter_names(layers)` lists the attention projection
+    parameters of those layer indices.
+    """
+
+    module: nn.Module
+    n_layers: int
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor: ...
+
+    def image_hidden(self, module: nn.Module, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor: ...
+
+    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]: ...
+
+    def with_module(self, module: nn.Module):
+        """A generator like the original whose network is `module` (used to load base + delta)."""
+
+
+class ReferenceEarModel:
+    """EAR interface of the reference ShapesGPT: blocks[i].qkv and blocks[i].proj are the attention projections."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.module = generator.gpt
+        self.n_layers = len(self.module.blocks)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        from ..models.reference.gpt import tokenize_prompts
+
+        return tokenize_prompts(list(prompts))
+
+    def image_hidden(self, module: nn.Module, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        return module.hidden_states(text, codes)[-1][:, module.cfg.text_len:]
+
+    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
+        return [f"blocks.{i}.{lin}.{p}" for i in layers for lin in ("qkv", "proj") for p in ("weight", "bias")]
+
+    def with_module(self, module: nn.Module):
+        erased = copy.copy(self.generator)
+        erased.gpt = module.eval()
+        return erased
+
+
+@dataclass(frozen=True)
+class _TextBatch:
+    """Left-padded prompt ids + attention mask that index like a tensor (for real-model adapters)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __getitem__(self, idx) -> "_TextBatch":
+        return _TextBatch(self.input_ids[idx], self.attention_mask[idx])
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class JanusEarModel:
+    """EAR interface of a `guard.models.janus.JanusGenerator`.
+
+    Hidden states: the language model run on [prompt (chat template + <begin_of_image>) | generation
+    embeddings of the image codes], teacher-forced; the last hidden state at the <begin_of_image> position
+    and at each image position predicts the next code. Attention projections: every parameter under
+    `layers.{i}.self_attn.` of the language model (q/k/v/o, as EAR trains on Janus-Pro).
+    """
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self.module = generator.model
+        self.n_layers = len(self.module.model.language_model.layers)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> _TextBatch:
+        encoded = [self.generator.encode_prompts([p]) for p in prompts]
+        width = max(e["input_ids"].shape[1] for e in encoded)
+        pad = self.module.generation_config.pad_token_id or 0
+        ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = int(e["attention_mask"][0].sum())
+            ids[i, width - n:] = e["input_ids"][0, -n:].cpu()
+            mask[i, width - n:] = 1
+        return _TextBatch(ids, mask)
+
+    def image_hidden(self, module: nn.Module, text: _TextBatch, codes: torch.Tensor) -> torch.Tensor:
+        device = next(module.parameters()).device
+        ids, mask = text.input_ids.to(device), text.attention_mask.to(device)
+        x = module.get_input_embeddings()(ids)
+        if codes.shape[1] > 1:
+            img = module.prepare_embeddings_for_image_generation(codes[:, :-1].to(device))
+            x = torch.cat([x, img.to(x.dtype)], 1)
+            mask = torch.cat([mask, torch.ones(len(ids), codes.shape[1] - 1, dtype=mask.dtype, device=device)], 1)
+        out = module.model.language_model(inputs_embeds=x, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state[:, ids.shape[1] - 1:].float()
+
+    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
+        import re
+
+        wanted = re.compile(r"(^|\.)language_model\.layers\.(" + "|".join(str(i) for i in layers) + r")\.self_attn\.")
+        return [n for n, _ in self.module.named_parameters() if wanted.search(n)]
+
+    def with_module(self, module: nn.Module):
+        erased = copy.copy(self.generator)
+        erased.model = module.eval()
+        return erased
+
+
+def _is_janus(generator) -> bool:
+    return type(generator).__name__ == "JanusGenerator" and type(generator).__module__.endswith("models.janus")
+
+
+_ADAPTERS: list[tuple[Callable[[object], bool], Callable[[object], EarModel]]] = [(_is_janus, JanusEarModel)]
+
+
+def register_ear_model(matches: Callable[[object], bool], factory: Callable[[object], EarModel]) -> None:
+    """Teach `ear_model_for` a new generator type (e.g. a real-model adapter)."""
+    _ADAPTERS.append((matches, factory))
+
+
+def ear_model_for(generator) -> EarModel:
+    """The `EarModel` of a generator: the reference generator, a registered adapter, or an `EarModel` itself."""
+    from ..models.reference import ReferenceGenerator
+
+    if isinstance(generator, ReferenceGenerator):
+        return ReferenceEarModel(generator)
+    for matches, factory in _ADAPTERS:
+        if matches(generator):
+            return factory(generator)
+    if isinstance(generator, EarModel):
+        return generator
+    raise ModelError(f"EAR does not know how to fine-tune {type(generator).__name__}; it needs hidden states and "
+                     f"named attention projections (see guard.erasure.ear.EarModel and register_ear_model)")
+
+
+# ------------------------------------------------------------------------------------------ config and result
+@dataclass(frozen=True)
+class EarConfig:
+    """EAR settings.
+
+    Args:
+        window: W, image positions per optimiser step (WGA); 1 = a step per position (no WGA).
+        mu: TLM threshold on a rollout's window loss (relative MSE, see `window_losses`); None = no TLM.
+        eta: negative guidance η of the target h*(r) − η (h*(c) − h*(r)).
+        layers: indices of the layers whose attention projections are trained.
+        lr: Adam learning rate.
+        epochs: passes over the kept pairs.
+        batch_size: rollouts per optimiser step.
+        candidates: candidate prompt pairs before the visual filter.
+        min_pairs: fail when the filter keeps fewer pairs than this.
+        cfg: guidance scale of the filter's rollouts.
+        seed: seeds prompts, rollouts, shuffling.
+    """
+
+    window: int = 16
+    mu: float | None = 0.05
+    eta: float = 1.0
+    layers: tuple[int, ...] = (0, 1)
+    lr: float = 1e-3
+    epochs: int = 4
+    batch_size: int = 8
+    candidates: int = 96
+    min_pairs: int = 4
+    cfg: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window, int) or self.window < 1:
+            raise ConfigError(f"window must be an int >= 1 (image positions per step), got {self.window!r}")
+        if self.mu is not None and (not math.isfinite(self.mu) or self.mu < 0):
+            raise ConfigError(f"mu must be a finite number >= 0 or None (no TLM), got {self.mu!r}")
+        if not math.isfinite(self.eta) or self.eta < 0:
+            raise ConfigError(f"eta must be a finite number >= 0, got {self.eta!r}")
+        if not self.layers or any((not isinstance(i, int)) or i < 0 for i in self.layers):
+            raise ConfigError(f"layers must be a non-empty list of layer indices >= 0, got {self.layers!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("epochs", "batch_size", "candidates", "min_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass
+class EarResult:
+    """The trained network, the tensors that changed, the card, and the training log."""
+
+    module: nn.Module
+    delta: dict[str, torch.Tensor]
+    card: dict
+    log: list[dict] = field(default_factory=list)
+    delta_path: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------ training
+def window_losses(h: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-rollout loss of one window: mean squared error over positions and features, divided by `scale`.
+
+    h, target: (B, w, d); scale: (B,) the teacher's mean squared hidden-state norm per feature on that
+    rollout, so μ is a relative error that means the same for any model width or hidden-state scale.
+    """
+    return (h - target).pow(2).mean(dim=(1, 2)) / scale
+
+
+def train_ear(model: EarModel, pairs: Sequence[PromptPair], config: EarConfig,
+              progress: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune a copy of `model.module` on kept pairs (each with rollout `codes`). Returns (student, log)."""
+    if any(p.codes is None for p in pairs):
+        raise ConfigError("every training pair needs its rollout codes (use filter_pairs)")
+    if not pairs:
+        raise ConfigError("no training pairs")
+    if max(config.layers) >= model.n_layers:
+        raise ConfigError(f"layers {list(config.layers)} out of range: the model has {model.n_layers} layers")
+    teacher = model.module.eval()
+    student = copy.deepcopy(teacher).eval()  # no dropout: the gradient still flows, the teacher matches
+    names = set(model.attention_parameter_names(config.layers))
+    params = []
+    for name, p in student.named_parameters():
+        p.requires_grad_(name in names)
+        if name in names:
+            params.append(p)
+    missing = names - {n for n, _ in student.named_parameters()}
+    if missing:
+        raise ModelError(f"attention parameters not found in the model: {sorted(missing)[:4]}")
+    opt = torch.optim.Adam(params, lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    text_c = model.encode_prompts([p.concept_prompt for p in pairs])
+    text_r = model.encode_prompts([p.replacement_prompt for p in pairs])
+    codes = torch.stack([p.codes for p in pairs])
+    n_pos = codes.shape[1]
+    # Teacher targets, one teacher-forced forward per branch.
+    with torch.no_grad():
+        hc = torch.cat([model.image_hidden(teacher, text_c[i:i + 32], codes[i:i + 32]) for i in range(0, len(pairs), 32)])
+        hr = torch.cat([model.image_hidden(teacher, text_r[i:i + 32], codes[i:i + 32]) for i in range(0, len(pairs), 32)])
+        target = hr - config.eta * (hc - hr)
+        scale = hc.pow(2).mean(dim=(1, 2)).clamp_min(1e-12)
+    log: list[dict] = []
+    step = 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(pairs), generator=gen)
+        for b0 in range(0, len(pairs), config.batch_size):
+            idx = order[b0:b0 + config.batch_size]
+            for start in range(0, n_pos, config.window):
+                stop = min(start + config.window, n_pos)
+                h = model.image_hidden(student, text_c[idx], codes[idx, :stop])[:, start:stop]
+                losses = window_losses(h, target[idx, start:stop], scale[idx])
+                keep = losses > config.mu if config.mu is not None else torch.ones_like(losses, dtype=torch.bool)
+                entry = {"epoch": epoch, "window": start // config.window, "loss": float(losses.mean()),
+                         "kept": int(keep.sum()), "rollouts": len(idx)}
+                if keep.any():
+                    opt.zero_grad(set_to_none=True)
+                    (losses[keep].sum() / keep.sum()).backward()
+                    opt.step()
+                    step += 1
+                entry["step"] = step
+                log.append(entry)
+            if progress is not None:
+                progress({"epoch": epoch, "batch": b0 // config.batch_size, "steps": step,
+                          "loss": sum(e["loss"] for e in log[-math.ceil(n_pos / config.window):]) /
+                          math.ceil(n_pos / config.window)})
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student.eval(), log
+
+
+def erase(generator, concept: str, replacement: str, config: EarConfig | None = None, *,
+          out: str | Path | None = None, judge: ReferenceJudge | None = None,
+          progress: Callable[[dict], None] | None = None) -> EarResult:
+    """Erase `concept` (replaced by `replacement`) from `generator` with EAR; optionally save the delta.
+
+    Steps: candidate pairs from templates -> visual filter (rollouts from the original model) -> EAR
+    training -> delta of the changed tensors (+ card). Raises `ConfigError` for an unknown or mismatched
+    concept/replacement, or when the filter keeps fewer than `config.min_pairs` pairs.
+    """
+    config = config or EarConfig()
+    c, r = check_pair(concept, replacement)
+    t0 = time.time()
+    model = ear_model_for(generator)
+    if judge is None:
+        from ..models.reference import load_classifier
+
+        judge = ReferenceJudge(load_classifier())
+    candidates = training_pairs(c, r, config.candidates, seed=config.seed)
+    kept, filter_stats = filter_pairs(candidates, generator, judge, c, seed=config.seed, cfg=config.cfg)
+    if progress is not None:
+        progress({"filter": filter_stats})
+    if len(kept) < config.min_pairs:
+        raise ConfigError(f"the visual filter kept {len(kept)} of {len(candidates)} pairs for {c.name!r} -> "
+                          f"{r.name!r} (need >= {config.min_pairs}): the model rarely draws the concept or draws "
+                          f"it for the replacement too; raise candidates or lower min_pairs")
+    student, log = train_ear(model, kept, config, progress)
+    delta = changed_tensors(model.module, student)
+    windows = len(log)
+    steps = log[-1]["step"] if log else 0
+    card = {
+        "method": "EAR (hidden-state regression, WGA + TLM), teacher-forced rollouts",
+        "concept": c.name, "replacement": r.name, "concept_kind": c.kind,
+        "train_words": list(c.train_words), "heldout_words": list(c.heldout_words),
+        "base_model": getattr(generator, "id", type(generator).__name__),
+        "window": config.window, "mu": config.mu, "eta": config.eta, "layers": list(config.layers),
+        "lr": config.lr, "epochs": config.epochs, "batch_size": config.batch_size, "seed": config.seed,
+        "wga": config.window > 1, "tlm": config.mu is not None,
+        "pairs": filter_stats, "steps": steps, "windows": windows,
+        "windows_masked_rollouts": sum(e["rollouts"] - e["kept"] for e in log),
+        "rollout_windows": sum(e["rollouts"] for e in log),
+        "loss_first_epoch": _mean([e["loss"] for e in log if e["epoch"] == 0]),
+        "loss_last_epoch": _mean([e["loss"] for e in log if e["epoch"] == config.epochs - 1]),
+        "changed_tensors": sorted(delta), "changed_parameters": int(sum(t.numel() for t in delta.values())),
+        "time_s": round(time.time() - t0, 2),
+        "config": asdict(config),
+    }
+    result = EarResult(student, delta, card, log)
+    if out is not None:
+        result.delta_path = save_delta(out, delta, card)
+    return result
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 6) if xs else None
