@@ -16,6 +16,7 @@ from ._common import app
 # Command modules register on import.
 from . import keygen_cmd, watermark_cmd, detect_cmd, erase_cmd  # noqa: E402,F401
 from . import eval_cmd  # noqa: E402,F401
+from . import provenance_cmd  # noqa: E402,F401
 
 
 def main() -> None:
