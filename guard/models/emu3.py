@@ -213,6 +213,8 @@ def _visual_processor(procs: Sequence, vmap: VisualTokenMap, layout: ImageLayout
                 self.other_steps += 1
                 return scores
             self.visual_steps += 1
+            if not procs:
+                return scores
             cols = img2bpe.to(scores.device)
             history = vmap.to_codes(layout.visual_history(input_ids))
             sub = scores.index_select(1, cols)
