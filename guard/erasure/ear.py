@@ -292,7 +292,7 @@ def train_ear(model: EarModel, pairs: Sequence[PromptPair], config: EarConfig,
                 h = model.image_hidden(student, text_c[idx], codes[idx, :stop])[:, start:stop]
                 losses = window_losses(h, target[idx, start:stop], scale[idx])
                 keep = losses > config.mu if config.mu is not None else torch.ones_like(losses, dtype=torch.bool)
-                entry = {"epoch": epoch, "window": start // config.window, "loss": float(losses.mean()),
+                entry = {"epoch": epoch, "window": start // config.window, "loss": float(losses.detach().mean()),
                          "kept": int(keep.sum()), "rollouts": len(idx)}
                 if keep.any():
                     opt.zero_grad(set_to_none=True)
