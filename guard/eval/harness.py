@@ -45,7 +45,7 @@ from .attacks import ATTACKS, AttackContext, apply_attack, param_label, parse_at
 from .metrics import ALPHAS, FPRS, auc, psnr, ssim, token_match, tpr_at_alpha, tpr_at_fpr
 
 __all__ = ["EvalConfig", "run_eval", "summarize", "MODES", "POPULATIONS", "SUMMARY_FAMILIES", "TARGETS",
-           "generate_population", "eval_prompts"]
+           "generate_population", "eval_prompts", "padded_count"]
 
 MODES = ("soft", "hard", "posthoc", "folders")
 POPULATIONS = ("watermarked", "clean")
@@ -154,6 +154,11 @@ def _derived_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 2
 
 
+def padded_count(n: int, batch_size: int) -> int:
+    """n rounded up to whole chunks of `batch_size`."""
+    return -(-n // batch_size) * batch_size
+
+
 def eval_prompts(n: int, seed: int = 0) -> list[str]:
     """N reference prompts from scenes the generator never trained on (seeds from PROMPT_SEED_BASE)."""
     from ..models.reference.shapes import prompt_for, sample_scene
@@ -194,15 +199,21 @@ def generate_population(generator, green_lists, n: int, *, folder: Path, prompts
     indices from the seed); without, clean. Chunk c is seeded from (seed, c), so the clean and the
     watermarked population share prompts and sampling seeds.
 
+    Chunks are always whole (`batch_size` images, prompts[c*batch_size:(c+1)*batch_size]) and the first
+    `n` images are returned, so a chunk is the same whatever `n` asks for and can be shared.
+
     Returns: {"images": uint8 (n, S, S, 3), "codes": long (n, h, w), "list_index": int64 (n,) (-1 = none),
     "prompts": list}.
     """
     from ..watermark import WatermarkProcessor
 
     tok = generator.tokenizer
+    padded = padded_count(n, batch_size)
+    if len(prompts) < padded:
+        raise ConfigError(f"need {padded} prompts (whole chunks of {batch_size}), got {len(prompts)}")
     parts = []
     for c, start in enumerate(range(0, n, batch_size)):
-        stop = min(n, start + batch_size)
+        stop = start + batch_size            # whole chunks: a chunk's images never depend on n
         path = Path(folder) / f"chunk_{c:05d}.npz"
         tag = _population_tag(generator, green_lists, delta, hard, seed, cfg, batch_size)
         if path.exists():
@@ -225,9 +236,9 @@ def generate_population(generator, green_lists, n: int, *, folder: Path, prompts
         parts.append(arrays)
         if on_chunk:
             on_chunk(stop - start)
-    return {"images": np.concatenate([p["images"] for p in parts]),
-            "codes": torch.from_numpy(np.concatenate([p["codes"] for p in parts]).astype(np.int64)),
-            "list_index": np.concatenate([p["list_index"] for p in parts]), "prompts": list(prompts[:n])}
+    return {"images": np.concatenate([p["images"] for p in parts])[:n],
+            "codes": torch.from_numpy(np.concatenate([p["codes"] for p in parts])[:n].astype(np.int64)),
+            "list_index": np.concatenate([p["list_index"] for p in parts])[:n], "prompts": list(prompts[:n])}
 
 
 def _render_population(n: int, seed: int, size: int) -> np.ndarray:
@@ -361,7 +372,7 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     pop_dir = cfg.out / "populations"
     t0 = time.time()
     if cfg.mode in ("soft", "hard"):
-        prompts = eval_prompts(cfg.n, cfg.seed)
+        prompts = eval_prompts(padded_count(cfg.n, cfg.batch_size), cfg.seed)
         for name, lists in (("watermarked", gl), ("clean", None)):
             st.pops[name] = generate_population(
                 generator, lists, cfg.n, folder=pop_dir / name, prompts=prompts,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import ConfigError
-from .harness import _from_uint8, _log, eval_prompts, generate_population
+from .harness import _from_uint8, _log, eval_prompts, generate_population, padded_count
 from .metrics import ALPHAS, psnr, tpr_at_alpha
 
 __all__ = ["SpoofConfig", "run_spoof", "estimate_green", "forge"]
@@ -177,7 +177,7 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
     tok = gen.tokenizer
     cfg.out.mkdir(parents=True, exist_ok=True)
     n_wm = max(cfg.n_observed)
-    prompts = eval_prompts(max(n_wm, cfg.n_clean), cfg.seed)
+    prompts = eval_prompts(padded_count(max(n_wm, cfg.n_clean), cfg.batch_size), cfg.seed)
     pops = cfg.out / "populations"
     clean = generate_population(gen, None, cfg.n_clean, folder=pops / "clean", prompts=prompts, delta=None,
                                 hard=False, seed=cfg.seed, cfg=cfg.cfg, batch_size=cfg.batch_size,
