@@ -63,3 +63,24 @@ def test_ear_trains_only_attention_of_chosen_layers_and_delta_reloads(janus, tmp
     trained = model.with_module(student)
     assert torch.equal(erased.generate(prompts, n=1, seed=2), trained.generate(prompts, n=1, seed=2))
     assert erased.id != janus.id
+
+
+def test_concept_steering_stream_matches_teacher_forcing_and_eta_zero_is_a_no_op(janus):
+    from guard.erasure import ConceptSteering
+    from guard.erasure.steer import JanusConceptStream
+
+    model = ear_model_for(janus)
+    codes = janus.generate(["a big blue dog"], n=2, seed=3).flatten(1)
+    stream = JanusConceptStream(janus)
+    got = [stream.start(["a red circle", ""], 2)] + [stream.step(codes[:, t]) for t in range(5)]
+    with torch.no_grad():
+        h = model.image_hidden(janus.model, model.encode_prompts(["a red circle"] * 2), codes[:, :6])
+        want = janus.model.model.generation_head(h.to(next(janus.model.parameters()).dtype)).float()
+    for t in range(6):
+        torch.testing.assert_close(got[t][:2], want[:, t], atol=1e-4, rtol=1e-4)
+    plain = janus.generate(["a big blue dog"], n=2, seed=4)
+    assert torch.equal(janus.generate(["a big blue dog"], n=2, seed=4,
+                                      logits_processor=[ConceptSteering(janus, {"a red circle": 0.0})]), plain)
+    steered = janus.generate(["a big blue dog"], n=2, seed=4,
+                             logits_processor=[ConceptSteering(janus, {"a red circle": 5.0})])
+    assert not torch.equal(steered, plain)

@@ -136,11 +136,17 @@ class JanusEarModel:
         ids, mask = text.input_ids.to(device), text.attention_mask.to(device)
         x = module.get_input_embeddings()(ids)
         if codes.shape[1] > 1:
-            img = module.prepare_embeddings_for_image_generation(codes[:, :-1].to(device))
+            img = self.code_embeddings(module, codes[:, :-1].to(device))
             x = torch.cat([x, img.to(x.dtype)], 1)
             mask = torch.cat([mask, torch.ones(len(ids), codes.shape[1] - 1, dtype=mask.dtype, device=device)], 1)
         out = module.model.language_model(inputs_embeds=x, attention_mask=mask, use_cache=False)
         return out.last_hidden_state[:, ids.shape[1] - 1:].float()
+
+    @staticmethod
+    def code_embeddings(module: nn.Module, codes: torch.Tensor) -> torch.Tensor:
+        """Janus's image-generation input embeddings of codes (the class method: the adapter wraps the
+        instance attribute during generation to record sampled tokens)."""
+        return type(module).prepare_embeddings_for_image_generation(module, codes)
 
     def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
         import re

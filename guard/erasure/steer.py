@@ -20,6 +20,7 @@ guidance u + s(c − u) has weights summing to 1 the guided result is identical.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -29,7 +30,8 @@ from transformers import LogitsProcessor
 
 from ..errors import ConfigError, ModelError
 
-__all__ = ["ConceptSteering", "ConceptStream", "ReferenceConceptStream", "concept_stream_for"]
+__all__ = ["ConceptSteering", "ConceptStream", "JanusConceptStream", "ReferenceConceptStream", "concept_stream_for",
+           "register_concept_stream"]
 
 
 class ConceptStream(Protocol):
@@ -79,7 +81,70 @@ class ReferenceConceptStream:
         return self._run(x)
 
 
-_STREAMS: list[tuple[Callable[[object], bool], Callable[[object], ConceptStream]]] = []
+class JanusConceptStream:
+    """`ConceptStream` over a `guard.models.janus.JanusGenerator`'s language model, with its own KV cache.
+
+    The empty prompt "" stands for Janus's unconditional branch: the first concept prompt with every token
+    but BOS and <begin_of_image> replaced by padding, as Janus builds its own unconditional rows.
+    """
+
+    def __init__(self, generator) -> None:
+        from .ear import JanusEarModel
+
+        self.ear = JanusEarModel(generator)
+        self.model = generator.model
+        self._cache = None
+        self._mask: torch.Tensor | None = None
+        self._reps = 1
+
+    def _head(self, out) -> torch.Tensor:
+        return self.model.model.generation_head(out.last_hidden_state[:, -1]).float()
+
+    @torch.no_grad()
+    def start(self, prompts: Sequence[str], batch: int) -> torch.Tensor:
+        concept = [p for p in prompts if p] or ["a"]
+        text = self.ear.encode_prompts(concept)
+        gc = self.model.generation_config
+        keep = torch.tensor([t for t in (gc.bos_token_id, gc.generation_kwargs.get("boi_token_id")) if t is not None])
+        null_ids = text.input_ids[:1].masked_fill(~torch.isin(text.input_ids[:1], keep), int(gc.pad_token_id or 0))
+        rows_ids, rows_mask = [], []
+        for p in prompts:
+            i = concept.index(p) if p else None
+            ids = null_ids if i is None else text.input_ids[i:i + 1]
+            mask = text.attention_mask[:1] if i is None else text.attention_mask[i:i + 1]
+            rows_ids.append(ids.expand(batch, -1))
+            rows_mask.append(mask.expand(batch, -1))
+        device = next(self.model.parameters()).device
+        ids, self._mask = torch.cat(rows_ids).to(device), torch.cat(rows_mask).to(device)
+        out = self.model.model.language_model(inputs_embeds=self.model.get_input_embeddings()(ids),
+                                              attention_mask=self._mask, use_cache=True)
+        self._cache, self._reps = _cache_of(out), len(prompts)
+        return self._head(out)
+
+    @torch.no_grad()
+    def step(self, codes: torch.Tensor) -> torch.Tensor:
+        if self._cache is None:
+            raise RuntimeError("call start() first")
+        x = self.ear.code_embeddings(self.model, codes.repeat(self._reps)[:, None].to(self._mask.device))
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], 1)
+        lm = self.model.model.language_model
+        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        out = lm(inputs_embeds=x, attention_mask=self._mask, use_cache=True, **{key: self._cache})
+        self._cache = _cache_of(out)
+        return self._head(out)
+
+
+def _cache_of(out):
+    """The KV cache of a transformers model output (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _is_janus(generator) -> bool:
+    return type(generator).__name__ == "JanusGenerator" and type(generator).__module__.endswith("models.janus")
+
+
+_STREAMS: list[tuple[Callable[[object], bool], Callable[[object], ConceptStream]]] = [(_is_janus, JanusConceptStream)]
 
 
 def register_concept_stream(matches: Callable[[object], bool], factory: Callable[[object], ConceptStream]) -> None:
