@@ -4,6 +4,8 @@
     guard detect folder generated/ --key my.key --out results.jsonl --resume        # after an interruption
     guard detect image suspicious.png --key my.key --search --heatmap heat.png --format table
     guard calibrate clean_photos/ --key my.key --out-plot qq.png
+    guard detect folder uploads/ --key my.key --engine ray --num-workers 8 --out results.jsonl   # Ray Data
+    guard detect manifest uploads.parquet --key my.key --engine ray --address auto --out results.jsonl
 
 Records go to stdout (or --out), one per image, flushed batch by batch; logs and progress go to stderr
 (rich progress only on a TTY). Exit codes, independent of --format: 0 some image watermarked; 1 none;
@@ -46,6 +48,16 @@ class Test(str, enum.Enum):
     tokens = "tokens"
 
 
+class Engine(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+class ShardFormat(str, enum.Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
 class CalFormat(str, enum.Enum):
     table = "table"
     json = "json"
@@ -68,13 +80,22 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per t
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec whose tokenizer re-quantizes images "
                                                        "('reference').")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
+EngineOpt = Annotated[Engine, typer.Option("--engine", help="'local' (this process) or 'ray' (Ray Data: decode "
+                                                            "tasks + a detection actor pool; needs the 'ray' "
+                                                            "extra of ar-guard). Same records either way.")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster to join (e.g. 'auto' or "
+                                                                   "'ray://head:10001'); default: start a local "
+                                                                   "cluster on this machine's cores. --engine ray.")]
+NumWorkersOpt = Annotated[int | None, typer.Option("--num-workers", min=1, help="Detection actors (--engine ray; "
+                                                                                 "default: the cluster's CPUs).")]
+ShardFormatOpt = Annotated[ShardFormat, typer.Option("--shard-format", help="Format of the per-chunk shards in "
+                                                                             "OUT.shards/ (--engine ray).")]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _load_keys(key_paths: list[Path] | None, tokenizer: Any) -> list:
+def _load_key_files(key_paths: list[Path] | None) -> list:
     from ..keys import WatermarkKey, default_key_path
-    from ..watermark import GreenLists
 
     if not key_paths:
         default = default_key_path()
@@ -82,12 +103,18 @@ def _load_keys(key_paths: list[Path] | None, tokenizer: Any) -> list:
             raise KeyFileError(f"no --key given and no default key at {default}; pass --key FILE or create the "
                                f"default with `guard keygen`")
         key_paths = [default]
-    lists = []
+    keys = []
     for p in key_paths:
         key = WatermarkKey.load(p)
-        lists.append(GreenLists(key, tokenizer))
+        keys.append(key)
         info(f"key {key.key_id} ({p}, K={key.n_lists}, gamma={key.gamma})")
-    return lists
+    return keys
+
+
+def _load_keys(key_paths: list[Path] | None, tokenizer: Any) -> list:
+    from ..watermark import GreenLists
+
+    return [GreenLists(key, tokenizer) for key in _load_key_files(key_paths)]
 
 
 def _build_detector(keys, model: str, test: Test, alpha: float, search: bool, batch_size: int):
@@ -165,10 +192,43 @@ def _output(out: Path | None, fmt: Format, resume: bool) -> Iterator[tuple[Any, 
         yield open_writer(f, fmt.value, header=fresh), state
 
 
+def _run_ray_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alpha: float, search: bool, test: Test,
+                  resume: bool, batch_size: int, model: str, address: str | None, num_workers: int | None,
+                  shard_format: ShardFormat) -> int:
+    from ..detect.ray_engine import DetectorSpec, ray_scan
+
+    spec = DetectorSpec(keys=tuple(_load_key_files(keys)), model=model, test=test.value, alpha=alpha, search=search,
+                        batch_size=batch_size)
+    det = spec.build()
+    info(f"{det.n_looks} looks per image; test {test.value}{' (approximate)' if test is Test.tokens else ''}, "
+         f"alpha {alpha:g}; engine ray ({address or 'local cluster'})")
+    with _StopOnSigint() as stop, _progress(len(paths)) as adv:
+        res = ray_scan(paths, spec, out=out, stream=sys.stdout if out is None else None, fmt=fmt.value,
+                       shard_format=shard_format.value, resume=resume, num_workers=num_workers, address=address,
+                       should_stop=lambda: stop.stop, on_batch=adv, info=info, detector=det)
+    summary = res.summary
+    for pid, w in sorted(res.workers.items()):
+        info(f"worker {pid}: {w.images} images in {w.chunks} chunks, {w.images_per_s:.1f} images/s busy")
+    info(f"{summary.n_rows} rows ({summary.n_new} new, {summary.n_skipped} skipped): {summary.n_watermarked} "
+         f"watermarked, {summary.n_errors} unreadable" + (f"; shards in {res.shards_dir}" if res.shards_dir else ""))
+    if summary.interrupted:
+        info("interrupted: rerun with --resume --out FILE to continue")
+        return EXIT_INTERRUPTED
+    return summary.exit_code
+
+
 def _run_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alpha: float, search: bool, test: Test,
-              resume: bool, workers: int, batch_size: int, model: str) -> int:
+              resume: bool, workers: int, batch_size: int, model: str, engine: Engine = Engine.local,
+              address: str | None = None, num_workers: int | None = None,
+              shard_format: ShardFormat = ShardFormat.jsonl) -> int:
     from ..detect.scan import scan
 
+    if engine is Engine.ray:
+        return _run_ray_scan(paths, keys=keys, fmt=fmt, out=out, alpha=alpha, search=search, test=test,
+                             resume=resume, batch_size=batch_size, model=model, address=address,
+                             num_workers=num_workers, shard_format=shard_format)
+    if address is not None or num_workers is not None:
+        raise ConfigError("--address and --num-workers need --engine ray")
     det = _build_detector(keys, model, test, alpha, search, batch_size)
     with _output(out, fmt, resume) as (writer, state), _StopOnSigint() as stop, _progress(len(paths)) as adv:
         summary = scan(det, paths, writer, workers=workers, resume=state, should_stop=lambda: stop.stop,
@@ -197,6 +257,10 @@ def folder(
     workers: WorkersOpt = 4,
     batch_size: BatchOpt = 64,
     model: ModelOpt = "reference",
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    shard_format: ShardFormatOpt = ShardFormat.jsonl,
 ) -> None:
     """Detect the watermark in every image of a folder; one record per image."""
     from ..detect.scan import find_images
@@ -205,7 +269,41 @@ def folder(
         paths = find_images(directory, recursive=recursive, on_skip=info)
         info(f"{len(paths)} image files in {directory}")
         code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
-                         workers=workers, batch_size=batch_size, model=model)
+                         workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
+                         num_workers=num_workers, shard_format=shard_format)
+    raise typer.Exit(code)
+
+
+@detect_app.command("manifest")
+def manifest(
+    list_file: Annotated[Path, typer.Argument(metavar="LIST", help="Path list: .txt (one per line), .csv/.tsv "
+                                                                   "(header row) or .parquet; relative paths are "
+                                                                   "relative to LIST's folder.")],
+    column: Annotated[str, typer.Option("--column", help="Column holding the paths (CSV/TSV/Parquet).")] = "path",
+    key: KeysOpt = None,
+    format: FormatOpt = Format.jsonl,
+    out: OutOpt = None,
+    alpha: AlphaOpt = 1e-4,
+    search: SearchOpt = False,
+    test: TestOpt = Test.distinct,
+    resume: ResumeOpt = False,
+    workers: WorkersOpt = 4,
+    batch_size: BatchOpt = 64,
+    model: ModelOpt = "reference",
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    shard_format: ShardFormatOpt = ShardFormat.jsonl,
+) -> None:
+    """Detect the watermark in every file a path list names (any suffix); one record per file, in list order."""
+    from ..detect.manifest import read_manifest
+
+    with exit_on_error():
+        paths = read_manifest(list_file, column)
+        info(f"{len(paths)} paths in {list_file}")
+        code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
+                         workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
+                         num_workers=num_workers, shard_format=shard_format)
     raise typer.Exit(code)
 
 
