@@ -67,6 +67,9 @@ KeysOpt = Annotated[list[Path] | None, typer.Option(
     "--key", help="Key file; repeat for several keys (attribution = the key with the smallest p, corrected over "
                   "all). Default: the default key under $XDG_CONFIG_HOME/guard/keys/ if it exists.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format (jsonl and csv are resumable).")]
+TrustAnchorsOpt = Annotated[Path | None, typer.Option(
+    "--trust-anchors", help="PEM root certificates whose signers count as trusted when reading each file's C2PA "
+                            "Content Credentials (c2pa_state 'trusted' instead of 'valid').")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write records to this file instead of stdout.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level in (0, 1): watermarked when the "
                                                           "corrected p <= alpha.")]
@@ -117,13 +120,17 @@ def _load_keys(key_paths: list[Path] | None, tokenizer: Any) -> list:
     return [GreenLists(key, tokenizer) for key in _load_key_files(key_paths)]
 
 
-def _build_detector(keys, model: str, test: Test, alpha: float, search: bool, batch_size: int):
+def _build_detector(keys, model: str, test: Test, alpha: float, search: bool, batch_size: int,
+                    trust_anchors: Path | None = None):
     from ..detect import Detector
     from ..models import load_tokenizer
+    from ..provenance import ManifestReader
 
+    manifests = ManifestReader(trust_anchors)
     tok = load_tokenizer(model)
     lists = _load_keys(keys, tok)
-    det = Detector(lists, tok, test=test.value, alpha=alpha, search=search, batch_size=batch_size)
+    det = Detector(lists, tok, test=test.value, alpha=alpha, search=search, batch_size=batch_size,
+                   provenance=manifests)
     info(f"{det.n_looks} looks per image ({sum(g.n_lists for g in lists)} lists x {len(det.transforms)} transforms); "
          f"test {test.value}{' (approximate)' if test is Test.tokens else ''}, alpha {alpha:g}")
     return det
@@ -220,16 +227,19 @@ def _run_ray_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alph
 def _run_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alpha: float, search: bool, test: Test,
               resume: bool, workers: int, batch_size: int, model: str, engine: Engine = Engine.local,
               address: str | None = None, num_workers: int | None = None,
-              shard_format: ShardFormat = ShardFormat.jsonl) -> int:
+              shard_format: ShardFormat = ShardFormat.jsonl, trust_anchors: Path | None = None) -> int:
     from ..detect.scan import scan
 
     if engine is Engine.ray:
+        if trust_anchors is not None:
+            raise ConfigError("--trust-anchors needs --engine local for now (Ray workers read Content Credentials "
+                              "without trust anchors)")
         return _run_ray_scan(paths, keys=keys, fmt=fmt, out=out, alpha=alpha, search=search, test=test,
                              resume=resume, batch_size=batch_size, model=model, address=address,
                              num_workers=num_workers, shard_format=shard_format)
     if address is not None or num_workers is not None:
         raise ConfigError("--address and --num-workers need --engine ray")
-    det = _build_detector(keys, model, test, alpha, search, batch_size)
+    det = _build_detector(keys, model, test, alpha, search, batch_size, trust_anchors)
     with _output(out, fmt, resume) as (writer, state), _StopOnSigint() as stop, _progress(len(paths)) as adv:
         summary = scan(det, paths, writer, workers=workers, resume=state, should_stop=lambda: stop.stop,
                        on_batch=adv)
@@ -261,6 +271,7 @@ def folder(
     address: AddressOpt = None,
     num_workers: NumWorkersOpt = None,
     shard_format: ShardFormatOpt = ShardFormat.jsonl,
+    trust_anchors: TrustAnchorsOpt = None,
 ) -> None:
     """Detect the watermark in every image of a folder; one record per image."""
     from ..detect.scan import find_images
@@ -270,7 +281,7 @@ def folder(
         info(f"{len(paths)} image files in {directory}")
         code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
                          workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
-                         num_workers=num_workers, shard_format=shard_format)
+                         num_workers=num_workers, shard_format=shard_format, trust_anchors=trust_anchors)
     raise typer.Exit(code)
 
 
@@ -294,6 +305,7 @@ def manifest(
     address: AddressOpt = None,
     num_workers: NumWorkersOpt = None,
     shard_format: ShardFormatOpt = ShardFormat.jsonl,
+    trust_anchors: TrustAnchorsOpt = None,
 ) -> None:
     """Detect the watermark in every file a path list names (any suffix); one record per file, in list order."""
     from ..detect.manifest import read_manifest
@@ -303,7 +315,7 @@ def manifest(
         info(f"{len(paths)} paths in {list_file}")
         code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
                          workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
-                         num_workers=num_workers, shard_format=shard_format)
+                         num_workers=num_workers, shard_format=shard_format, trust_anchors=trust_anchors)
     raise typer.Exit(code)
 
 
@@ -323,13 +335,15 @@ def image(
     heatmap: Annotated[Path | None, typer.Option("--heatmap", help="Save the image beside its token grid "
                                                                    "(green/red for the best list) as a PNG; "
                                                                    "needs exactly one FILE.")] = None,
+    trust_anchors: TrustAnchorsOpt = None,
 ) -> None:
     """Detect the watermark in image files; one record per file."""
     with exit_on_error():
         paths = [str(f) for f in files]
         if heatmap is None:
             code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test,
-                             resume=resume, workers=workers, batch_size=batch_size, model=model)
+                             resume=resume, workers=workers, batch_size=batch_size, model=model,
+                             trust_anchors=trust_anchors)
             raise typer.Exit(code)
         if len(paths) != 1:
             raise ConfigError(f"--heatmap takes exactly one FILE, got {len(paths)}")
@@ -337,7 +351,7 @@ def image(
             raise ConfigError("--heatmap cannot be combined with --resume")
         from ..detect.heatmap import heatmap as make_heatmap
 
-        det = _build_detector(key, model, test, alpha, search, batch_size)
+        det = _build_detector(key, model, test, alpha, search, batch_size, trust_anchors)
         with _output(out, format, False) as (writer, _):
             try:
                 rec = make_heatmap(det, paths[0], heatmap)
