@@ -173,6 +173,9 @@ def test_detect_folder_adds_provenance_to_each_record(app, signed_run, certs, tm
     assert (t["c2pa_state"], t["provenance"]) == ("invalid", "invalid-manifest")
     assert "assertion.dataHash.mismatch" in t["c2pa_status"]
 
+    r, out, err = invoke(app, ["detect", "image", folder / "tampered.png", "--key", root / "k.key", "--format", "table"])
+    assert out.splitlines()[0].split()[6] == "provenance" and out.splitlines()[1].split()[6] == "invalid-manifest"
+
     r, out, err = invoke(app, ["detect", "image", pngs[0], "--key", root / "k.key", "--format", "csv"])
     header, row = out.splitlines()[:2]
     cols = dict(zip(header.split(","), row.split(",")))

@@ -164,20 +164,20 @@ class CsvWriter(_Writer):
 class TableWriter(_Writer):
     """Aligned human-readable lines (not resumable, not meant for parsing)."""
 
-    COLUMNS = "{wm:<5} {log10:>9} {p:>10} {key:<16} {lst:>4} {tf:<12} {path}"
+    COLUMNS = "{wm:<5} {log10:>9} {p:>10} {key:<16} {lst:>4} {tf:<12} {prov:<16} {path}"
 
     def header(self) -> None:
         self.stream.write(self.COLUMNS.format(wm="wm", log10="log10_p", p="p_value", key="key_id", lst="list",
-                                              tf="transform", path="path / error") + "\n")
+                                              tf="transform", prov="provenance", path="path / error") + "\n")
         self.stream.flush()
 
     def format(self, r: DetectionRecord) -> str:
         if r.error:
-            return self.COLUMNS.format(wm="ERR", log10="-", p="-", key="-", lst="-", tf="-",
+            return self.COLUMNS.format(wm="ERR", log10="-", p="-", key="-", lst="-", tf="-", prov="-",
                                        path=f"{r.path}: {r.error}") + "\n"
         return self.COLUMNS.format(wm="yes" if r.watermarked else "no", log10=f"{r.log10_p:.2f}",
                                    p=f"{r.p_value:.3g}", key=r.key_id or "-", lst=str(r.list_index),
-                                   tf=r.transform or "-", path=r.path) + "\n"
+                                   tf=r.transform or "-", prov=r.provenance or "-", path=r.path) + "\n"
 
 
 def open_writer(stream: IO[str], fmt: str, *, header: bool = True) -> _Writer:
