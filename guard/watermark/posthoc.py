@@ -1,7 +1,9 @@
 """Post-hoc watermarking of existing images in token space.
 
 encode -> replace each red code by `nearest_green[k]` -> decode, repeated on the decoded image while
-the re-encoded green share keeps rising and the PSNR to the input stays above a floor. Decoded
+the re-encoded green share keeps rising and the PSNR to the input stays above a floor. When swapping
+every red code would cross the floor, only the red codes whose swap changes the pixels least are
+swapped (the largest share of them, among a few, that keeps the floor). Decoded
 images are rounded to 8-bit levels inside the loop, so the green share reported is the one a detector
 sees after the image is saved as PNG.
 
@@ -68,6 +70,40 @@ def _indices(list_index: int | Sequence[int] | torch.Tensor | None, b: int, gl: 
     return [gl.check_index(list_index)] * b
 
 
+SWAP_FRACTIONS = (0.6, 0.35, 0.15)
+
+
+def _partial_swaps(tokenizer, x0: torch.Tensor, codes: torch.Tensor, swapped: torch.Tensor, x: torch.Tensor,
+                   min_psnr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """For images whose full swap falls below the PSNR floor, swap only the red positions whose
+    swap changes the pixels least (a share of SWAP_FRACTIONS, largest share that keeps the floor)."""
+    low = psnr(x, x0) < min_psnr
+    changed = swapped != codes
+    if not bool((low & changed.flatten(1).any(1)).any()):
+        return x, swapped
+    gh, gw = codes.shape[1:]
+    ph, pw = x.shape[2] // gh, x.shape[3] // gw
+    cost = (x - x0).pow(2).mean(1).view(len(x), gh, ph, gw, pw).mean((2, 4))  # (B, gh, gw) per token
+    cost = torch.where(changed, cost, torch.full_like(cost, float("inf")))
+    n_changed = changed.flatten(1).sum(1)
+    order = cost.flatten(1).argsort(1)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+    x, swapped, done = x.clone(), swapped.clone(), ~low
+    for frac in SWAP_FRACTIONS:
+        todo = (~done).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        keep = (rank[todo] < (n_changed[todo] * frac).ceil().long()[:, None]).view(-1, gh, gw)
+        part = torch.where(keep, swapped[todo], codes[todo])
+        xp = _to_8bit(tokenizer.decode(part).float())
+        ok = psnr(xp, x0[todo]) >= min_psnr
+        last = frac == SWAP_FRACTIONS[-1]
+        take = ok | last
+        x[todo[take]], swapped[todo[take]] = xp[take], part[take]
+        done[todo[take]] = True
+    return x, swapped
+
+
 @torch.no_grad()
 def watermark_image(image: torch.Tensor, green_lists: GreenLists, tokenizer, *,
                     list_index: int | Sequence[int] | torch.Tensor | None = None, min_psnr: float = 30.0,
@@ -117,9 +153,10 @@ def watermark_image(image: torch.Tensor, green_lists: GreenLists, tokenizer, *,
         rows = active.nonzero().flatten()
         if rows.numel() == 0:
             break
-        c = codes[rows].flatten(1)
-        swapped = nearest[idx_t[rows][:, None], c].view_as(codes[rows])
+        c = codes[rows]
+        swapped = nearest[idx_t[rows][:, None], c.flatten(1)].view_as(c)
         x = _to_8bit(tokenizer.decode(swapped).float())
+        x, swapped = _partial_swaps(tokenizer, x0[rows], c, swapped, x, min_psnr)
         re = tokenizer.encode(x)
         share = green_lists.green_share(re, idx_t[rows])
         p = psnr(x, x0[rows])

@@ -324,6 +324,9 @@ def train_classifier(args) -> None:
         log("classifier: half of the batches go through the VQ round trip")
     x_all, y_all = torch.from_numpy(imgs), torch.from_numpy(labels)
     model = SceneClassifier()
+    if args.init:
+        model.load_state_dict(load_file(str(args.init)))
+        log(f"classifier: initialised from {args.init}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(args.seed)
     for step in range(args.steps):
@@ -347,7 +350,7 @@ def train_classifier(args) -> None:
     update_card(Path(args.out), "classifier", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "steps": args.steps, "batch": args.batch, "n_train": args.n_train,
-        "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+        "lr": args.lr, "init": str(args.init) if args.init else None, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
     })
 
 
