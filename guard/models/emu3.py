@@ -321,7 +321,7 @@ class Emu3Generator:
                     extra = dict(guidance_scale=float(cfg), negative_prompt_ids=neg["input_ids"],
                                  negative_prompt_attention_mask=neg["attention_mask"])
                 seqs = self.model.generate(
-                    **inputs, max_new_tokens=layout.total, min_new_tokens=layout.total,
+                    **inputs, max_new_tokens=layout.total,
                     prefix_allowed_tokens_fn=self._allowed(layout), logits_processor=LogitsProcessorList([vis]),
                     do_sample=temperature > 0, temperature=float(temperature) if temperature > 0 else 1.0,
                     top_k=0 if top_k is None else int(top_k), top_p=1.0 if top_p is None else float(top_p),
