@@ -172,3 +172,15 @@ def test_cli_generate_then_detect_folder_with_an_emu3_checkpoint(ckpt, tmp_path,
     assert len(records) == 2 and all(rec["error"] is None and rec["n_tokens"] == 64 for rec in records)
     r = runner.invoke(app, ["detect", "folder", str(out), "--model", f"emu3:{ckpt}@30"])
     assert r.exit_code == 2 and "multiple of 8" in r.stderr
+
+
+def test_no_guidance_and_chunked_batches(emu3, lists):
+    old = emu3.batch_size
+    emu3.batch_size = 1                                            # 2 images in 2 generate calls, no CFG pass
+    try:
+        proc = WatermarkProcessor(lists, hard=True, seed=5)
+        codes = emu3.generate(PROMPTS, cfg=1.0, seed=0, logits_processor=[proc])
+    finally:
+        emu3.batch_size = old
+    assert codes.shape == (2, 8, 8) and len(proc.list_indices) == 2 and emu3.last_visual_steps == 128
+    assert lists.green_share(codes, proc.list_indices).eq(1.0).all()

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from guard.detect import Detector
-from guard.errors import ModelError
+from guard.errors import ConfigError, ModelError
 from guard.keys import WatermarkKey
 from guard.models import load, load_tokenizer
 from guard.watermark import GreenLists, WatermarkProcessor
@@ -215,3 +215,25 @@ def test_concept_steering_works_in_the_2b_layout_like_after_guidance(janus):
     assert torch.allclose(stream.start(PROMPTS[:1], 1), raw.calls[0][1][:1].float(), atol=1e-4)
     for t in range(1, 4):
         assert torch.allclose(stream.step(codes[:, t - 1]), raw.calls[t][1][:1].float(), atol=1e-4)
+
+
+def test_no_guidance_greedy_and_chunked_batches(janus, lists):
+    for layout in ("2B", "B"):                                     # cfg = 1: Janus still doubles the batch
+        proc = WatermarkProcessor(lists, hard=True, seed=1)
+        codes = janus.generate(PROMPTS, cfg=1.0, seed=0, logits_processor=[proc], processor_layout=layout)
+        assert codes.shape == (2, 8, 8) and lists.green_share(codes, proc.list_indices).eq(1.0).all()
+    a = janus.generate(PROMPTS, temperature=0, cfg=5.0)
+    assert torch.equal(a, janus.generate(PROMPTS, temperature=0, cfg=5.0, seed=123))     # greedy: no randomness
+    old = janus.batch_size
+    janus.batch_size = 2                                           # 6 images in 3 generate calls
+    try:
+        proc = WatermarkProcessor(lists, hard=True, seed=2)
+        codes = janus.generate(PROMPTS, n=3, seed=0, logits_processor=[proc])
+    finally:
+        janus.batch_size = old
+    assert codes.shape == (6, 8, 8) and len(proc.list_indices) == 6
+    assert lists.green_share(codes, proc.list_indices).eq(1.0).all()
+    with pytest.raises(ConfigError, match="processor_layout"):
+        janus.generate(PROMPTS, processor_layout="4B")
+    with pytest.raises(ConfigError, match="cfg must be >= 1"):
+        janus.generate(PROMPTS, cfg=0.5)
