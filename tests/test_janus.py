@@ -237,3 +237,14 @@ def test_no_guidance_greedy_and_chunked_batches(janus, lists):
         janus.generate(PROMPTS, processor_layout="4B")
     with pytest.raises(ConfigError, match="cfg must be >= 1"):
         janus.generate(PROMPTS, cfg=0.5)
+
+
+def test_tokenizer_only_load_reads_sharded_checkpoints(janus, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    janus.model.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    janus.processor.save_pretrained(tmp_path / "sharded")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert load_tokenizer(f"janus:{tmp_path / 'sharded'}").id == janus.tokenizer.id
+    (tmp_path / "sharded" / sorted((tmp_path / "sharded").glob("model-*.safetensors"))[-1].name).unlink()
+    with pytest.raises(ModelError, match="shard missing"):
+        load_tokenizer(f"janus:{tmp_path / 'sharded'}")
