@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="JSON record (default: bench/results/adapters_<...>.json)")
     args = p.parse_args(argv)
-    command = "python bench/gpu_check.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python bench/gpu_check.py " + " ".join(shlex.quote(a) for a in given)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "transformers": __import__("transformers").__version__, "threads": torch.get_num_threads(),
                         "machine": platform.machine()},
     }
-    print(f"generate x{len(codes)}: plain {statistics.median(plain_s):.3f} s, watermarked {statistics.median(wm_s):.3f} s "
+    print(f"generate x{len(codes)}: plain {statistics.median(plain_s):.3f} s, "
+          f"watermarked {statistics.median(wm_s):.3f} s "
           f"(median of {args.repeats}; ratio {record['watermark_overhead_ratio_median']:.3f})")
     print(f"processor: {calls} calls/run, {record['processor_ms_per_call_median']:.3f} ms/call, "
           f"{100 * record['processor_share_of_step_median']:.2f}% of the watermarked generate time")

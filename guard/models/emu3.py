@@ -71,7 +71,8 @@ class VisualTokenMap:
                 pairs.append((int(m.group(1)), int(bpe)))
         codes = sorted(c for c, _ in pairs)
         if codes != list(range(codebook_size)):
-            raise ModelError(f"the vocabulary_map names {len(pairs)} visual tokens, not exactly codes 0..{codebook_size - 1} "
+            raise ModelError(f"the vocabulary_map names {len(pairs)} visual tokens, not exactly codes "
+                             f"0..{codebook_size - 1} "
                              f"of the VQ codebook; the checkpoint's text vocabulary and VQ do not match")
         self.img2bpe = torch.empty(codebook_size, dtype=torch.long)
         for c, b in pairs:
@@ -83,7 +84,8 @@ class VisualTokenMap:
         self.eol_id = vocabulary_map.get(EOL_TOKEN)
         self.eof_id = vocabulary_map.get(EOF_TOKEN)
         if self.eol_id is None or self.eof_id is None:
-            raise ModelError(f"the vocabulary_map lacks {EOL_TOKEN} (EOL) or {EOF_TOKEN} (EOF); not an Emu3 checkpoint?")
+            raise ModelError(f"the vocabulary_map lacks {EOL_TOKEN} (EOL) or {EOF_TOKEN} (EOF); "
+                             f"not an Emu3 checkpoint?")
 
     def to_codes(self, bpe: torch.Tensor) -> torch.Tensor:
         """BPE ids of visual tokens -> codebook ids (ConfigError if any id is not a visual token)."""

@@ -144,9 +144,11 @@ class JanusTokenizer:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B,n,n) codes -> float (B,3,S,S) in [0,1] on the CPU (channels first)."""
         self._check_codes(codes)
-        out = [self.pixels.to_unit(self.vq.decode(codes[i:i + self.batch_size].reshape(len(codes[i:i + self.batch_size]), -1)
-                                                  .to(self.device)).float()).cpu()
-               for i in range(0, len(codes), self.batch_size)]
+        out = []
+        for i in range(0, len(codes), self.batch_size):
+            chunk = codes[i:i + self.batch_size]
+            pixels = self.vq.decode(chunk.reshape(len(chunk), -1).to(self.device))     # (b, 3, S, S), model space
+            out.append(self.pixels.to_unit(pixels.float()).cpu())
         s = self._image_size
         return torch.cat(out) if out else torch.empty(0, 3, s, s)
 
@@ -213,7 +215,8 @@ class JanusGenerator:
         batch_size: images per `generate` call (Janus doubles it for guidance).
     """
 
-    def __init__(self, model: Any, processor: Any, tokenizer: JanusTokenizer, model_id: str, batch_size: int = 8) -> None:
+    def __init__(self, model: Any, processor: Any, tokenizer: JanusTokenizer, model_id: str,
+                 batch_size: int = 8) -> None:
         self.model = model
         self.processor = processor
         self._tokenizer = tokenizer
