@@ -74,7 +74,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     base = load("reference")
-    base.batch_size = 128
     judge = ReferenceJudge(load_classifier())
     results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
@@ -111,6 +110,7 @@ def main() -> None:
                     if kept is None:
                         pairs = training_pairs(c, r, default.candidates, seed=default.seed)
                         kept, _ = filter_pairs(pairs, base, judge, c, seed=default.seed, cfg=default.cfg)
+                        kept = kept[:default.max_pairs]  # the same pairs the CLI run trained on
                     t0 = time.time()
                     model = ear_model_for(base)
                     student, tlog = train_ear(model, kept, cfg)

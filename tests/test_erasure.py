@@ -123,9 +123,10 @@ def test_bad_ear_settings_are_rejected():
             EarConfig(**kwargs)
 
 
-def test_cli_errors_exit_2(tmp_path):
+def test_cli_errors_exit_2(tmp_path, monkeypatch):
     from guard.cli import app
 
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # never touch the user's default key
     runner = CliRunner()
     res = runner.invoke(app, ["erase", "train", "--concept", "dragon", "--replacement", "square",
                               "--out", str(tmp_path / "d.safetensors")])

@@ -55,7 +55,7 @@ def train(
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the kept pairs.")] = 4,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Candidate prompt pairs before the "
-                                                                        "visual filter.")] = 96,
+                                                                        "visual filter.")] = 64,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts, rollouts and shuffling.")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing delta file.")] = False,

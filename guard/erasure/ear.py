@@ -201,6 +201,7 @@ class EarConfig:
         epochs: passes over the kept pairs.
         batch_size: rollouts per optimiser step.
         candidates: candidate prompt pairs before the visual filter.
+        max_pairs: train on at most this many kept pairs (the first ones).
         min_pairs: fail when the filter keeps fewer pairs than this.
         cfg: guidance scale of the filter's rollouts.
         seed: seeds prompts, rollouts, shuffling.
@@ -213,7 +214,8 @@ class EarConfig:
     lr: float = 1e-3
     epochs: int = 4
     batch_size: int = 8
-    candidates: int = 96
+    candidates: int = 64
+    max_pairs: int = 32
     min_pairs: int = 4
     cfg: float = 3.0
     seed: int = 0
@@ -229,7 +231,7 @@ class EarConfig:
             raise ConfigError(f"layers must be a non-empty list of layer indices >= 0, got {self.layers!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
-        for name in ("epochs", "batch_size", "candidates", "min_pairs"):
+        for name in ("epochs", "batch_size", "candidates", "max_pairs", "min_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -341,6 +343,7 @@ def erase(generator, concept: str, replacement: str, config: EarConfig | None = 
         raise ConfigError(f"the visual filter kept {len(kept)} of {len(candidates)} pairs for {c.name!r} -> "
                           f"{r.name!r} (need >= {config.min_pairs}): the model rarely draws the concept or draws "
                           f"it for the replacement too; raise candidates or lower min_pairs")
+    kept = kept[:config.max_pairs]
     student, log = train_ear(model, kept, config, progress)
     delta = changed_tensors(model.module, student)
     windows = len(log)
@@ -353,7 +356,7 @@ def erase(generator, concept: str, replacement: str, config: EarConfig | None = 
         "window": config.window, "mu": config.mu, "eta": config.eta, "layers": list(config.layers),
         "lr": config.lr, "epochs": config.epochs, "batch_size": config.batch_size, "seed": config.seed,
         "wga": config.window > 1, "tlm": config.mu is not None,
-        "pairs": filter_stats, "steps": steps, "windows": windows,
+        "pairs": {**filter_stats, "trained_on": len(kept)}, "steps": steps, "windows": windows,
         "windows_masked_rollouts": sum(e["rollouts"] - e["kept"] for e in log),
         "rollout_windows": sum(e["rollouts"] for e in log),
         "loss_first_epoch": _mean([e["loss"] for e in log if e["epoch"] == 0]),
