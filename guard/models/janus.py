@@ -167,24 +167,32 @@ def _logits_processor_base():
 
 
 class _History:
-    """The tokens Janus sampled so far, recorded from `prepare_embeddings_for_image_generation`."""
+    """The tokens Janus sampled so far, recorded from `prepare_embeddings_for_image_generation`.
 
-    def __init__(self, batch: int, device: torch.device) -> None:
-        self.steps: list[torch.Tensor] = []
-        self.batch = batch
-        self.device = device
+    A preallocated (B, n_tokens) buffer on the model's device: appending is one copy, reading is a view
+    (no host sync, no re-concatenation per step).
+    """
+
+    def __init__(self, batch: int, n_tokens: int, device: torch.device) -> None:
+        self.buf = torch.zeros(batch, n_tokens, dtype=torch.long, device=device)
+        self.t = 0
+
+    def append(self, tokens: torch.Tensor) -> None:
+        self.buf[:, self.t] = tokens
+        self.t += 1
 
     def tensor(self) -> torch.Tensor:
-        if not self.steps:
-            return torch.zeros(self.batch, 0, dtype=torch.long, device=self.device)
-        return torch.stack(self.steps, dim=1)
+        return self.buf[:, :self.t]
 
 
 def _with_history(proc: Any, history: _History):
     base = _logits_processor_base()
 
     class WithHistory(base):  # type: ignore[misc, valid-type]
-        """Calls `proc(history (B, t), scores)` instead of Janus's constant prompt ids."""
+        """Calls `proc(history (B, t), scores)` instead of Janus's constant prompt ids.
+
+        `history` is a view of a buffer that later steps fill: a processor that keeps it must clone it.
+        """
 
         def __call__(self, input_ids, scores):
             return proc(history.tensor(), scores)
@@ -288,7 +296,7 @@ class JanusGenerator:
             for i in range(0, len(all_prompts), self.batch_size):
                 chunk = all_prompts[i:i + self.batch_size]
                 inputs = self.encode_prompts(chunk)
-                history = _History(len(chunk), self.device)
+                history = _History(len(chunk), h * w, self.device)
                 wrapped = [_with_history(p, history) for p in procs]
                 if processor_layout == "2B":
                     guide = [] if cfg > 1 else [_cond_rows()]
@@ -299,7 +307,7 @@ class JanusGenerator:
                 original = self.model.prepare_embeddings_for_image_generation
 
                 def spy(next_token: torch.Tensor, _orig=original, _h=history) -> torch.Tensor:
-                    _h.steps.append(next_token[: next_token.shape[0] // 2, 0].clone())
+                    _h.append(next_token[: next_token.shape[0] // 2, 0])
                     return _orig(next_token)
 
                 self.model.prepare_embeddings_for_image_generation = spy  # instance attribute, removed below

@@ -112,23 +112,23 @@ class SamplerHook:
     def reset(self) -> None:
         """Start a new run: empty history and call log."""
         self.calls: list[HookCall] = []
-        self._steps: list[torch.Tensor] = []
+        self._hist: torch.Tensor | None = None
 
     @property
     def history(self) -> torch.Tensor:
-        """Codes sampled so far, long (B, t) (t = 0 before the first call)."""
-        if not self._steps:
-            return torch.zeros(0, 0, dtype=torch.long)
-        return torch.cat(self._steps, dim=1)
+        """Codes sampled so far, long (B, t) on the sampler's device (t = 0 before the first call)."""
+        return self._hist if self._hist is not None else torch.zeros(0, 0, dtype=torch.long)
 
     def _history_like(self, b: int, device: torch.device) -> torch.Tensor:
-        if not self._steps:
-            return torch.zeros(b, 0, dtype=torch.long, device=device)
-        h = torch.cat(self._steps, dim=1).to(device)
-        if h.shape[0] != b:
-            raise ConfigError(f"the sampler got a batch of {b} after {h.shape[0]} in the same run; call hook.reset() "
-                              f"between generations")
-        return h
+        if self._hist is None:
+            self._hist = torch.zeros(b, 0, dtype=torch.long, device=device)
+        if self._hist.shape[0] != b:
+            raise ConfigError(f"the sampler got a batch of {b} after {self._hist.shape[0]} in the same run; call "
+                              f"hook.reset() between generations")
+        return self._hist
+
+    def _record(self, idx: torch.Tensor) -> None:
+        self._hist = torch.cat([self._hist, idx.detach().long().to(self._hist.device)], dim=1)
 
     def _apply(self, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for p in self.processors:
@@ -145,7 +145,7 @@ class SamplerHook:
         new = self._apply(history, scores)
         out = self._original(new[:, None, :] if logits.ndim == 3 else new, *args, **kwargs)
         idx = out[0] if isinstance(out, (tuple, list)) else out
-        self._steps.append(idx.detach().reshape(scores.shape[0], -1)[:, -1:].long().cpu())
+        self._record(idx.reshape(scores.shape[0], -1)[:, -1:])
         return out
 
     def _scale(self, logits: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +158,7 @@ class SamplerHook:
             else logits
         out = self._original(new, *args, **kwargs)
         idx = out[0] if isinstance(out, (tuple, list)) else out
-        self._steps.append(idx.detach().reshape(b, l, -1)[:, :, 0].long().cpu())
+        self._record(idx.reshape(b, l, -1)[:, :, 0])
         return out
 
     # ------------------------------------------------------------------------------------ context
