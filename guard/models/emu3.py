@@ -17,6 +17,8 @@ entries named `<|visual token NNNNNN|>`, rows end with an EOL token (`<|extra_20
 
 The image size is not stored in a checkpoint (Emu3-Gen's default is 720 x 720 = 90 x 90 tokens); pick
 another with the spec `emu3:PATH@SIZE` (a multiple of the VQ's factor, 8) or `load_emu3(path, image_size=)`.
+Images are square (ratio 1:1): guard's `Tokenizer` has one `image_size`. Detect with the same SIZE you
+generated with: the detector resizes every image to it before re-encoding.
 
     >>> from guard.models import load
     >>> gen = load("emu3:/models/Emu3-Gen-hf@512")                      # doctest: +SKIP
