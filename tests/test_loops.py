@@ -255,3 +255,19 @@ def test_bad_targets_and_conventions_give_clear_errors(llamagen):
         hook_sampler("autoregressive.models.generate.sample", [], convention="pixel")
     with pytest.raises(ConfigError, match="callables"):
         hook_sampler("autoregressive.models.generate.sample", [3])
+
+
+def test_two_generations_in_one_block_need_a_reset(llamagen, lists):
+    torch.manual_seed(0)
+    model = llamagen.TinyGPT(V).eval()
+    proc = WatermarkProcessor(lists, hard=True, seed=4)
+    with hook_sampler("autoregressive.models.generate.sample", [proc]) as hook:
+        first = llamagen.generate(model, torch.tensor([0, 1]), max_new_tokens=8)
+        assert torch.equal(hook.history, first)
+        hook.reset()
+        second = llamagen.generate(model, torch.tensor([2, 3, 1]), max_new_tokens=8)
+        assert torch.equal(hook.history, second) and len(hook.calls) == 8
+        with pytest.raises(ConfigError, match="call hook.reset"):
+            llamagen.generate(model, torch.tensor([0]), max_new_tokens=2)
+    assert len(proc.list_indices) == 5                            # 2 + 3 images, one list each
+    assert lists.green_share(torch.cat([first, second]), proc.list_indices).eq(1.0).all()
