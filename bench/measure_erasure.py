@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from guard.erasure import EarConfig, load_erased, save_delta, changed_tensors  # noqa: E402
 from guard.erasure.ear import ear_model_for, train_ear  # noqa: E402
 from guard.erasure.evaluate import Variant, evaluate_erasure  # noqa: E402
-from guard.erasure.pairs import ReferenceJudge, check_pair, filter_pairs, training_pairs  # noqa: E402
+from guard.erasure.pairs import ReferenceJudge, check_pair  # noqa: E402
 from guard.erasure.steer import ConceptSteering  # noqa: E402
 from guard.models import load  # noqa: E402
 from guard.models.reference import load_classifier  # noqa: E402
@@ -60,6 +59,15 @@ def timed_train(cmd: list[str], logs: Path) -> dict:
             "cpu_user_s": round(usage.ru_utime, 1), "stdout": out.strip(), "stderr_tail": err.strip().splitlines()[-3:]}
 
 
+def child_erase(concept: str, replacement: str, delta: str, *, seed: int, threads: int) -> None:
+    """One erasure exactly as `guard erase train` runs it; also saves the kept pairs for the ablations."""
+    from guard.erasure import erase
+
+    torch.set_num_threads(threads)
+    result = erase(load("reference"), concept, replacement, EarConfig(seed=seed), out=delta)
+    torch.save(result.pairs, Path(delta).with_suffix(".pairs.pt"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concepts", default="circle:square,red:blue")
@@ -69,8 +77,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/guard-erasure-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/erasure.json")
-    p.add_argument("--skip-ablations", action="store_true")
+    p.add_argument("--ablations", default="no-tlm,no-wga",
+                   help="comma-separated subset of no-tlm,no-wga ('' for none); no-wga (W=1) costs ~16x EAR's compute")
+    p.add_argument("--child-erase", nargs=3, metavar=("CONCEPT", "REPLACEMENT", "DELTA"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child_erase:
+        return child_erase(*args.child_erase, seed=args.seed, threads=args.threads)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     base = load("reference")
@@ -89,28 +101,26 @@ def main() -> None:
         work = args.work / f"{c.name}-{base.id.replace('@', '_')}"
         work.mkdir(parents=True, exist_ok=True)
         entry = results["concepts"].setdefault(c.name, {"replacement": r.name})
-        default = EarConfig(seed=args.seed)
         delta = work / "ear.safetensors"
         if "erasure_cost" not in entry or not delta.exists():
-            log(f"{c.name}: EAR through the CLI (timed child process)")
-            guard_exe = shutil.which("guard") or str(Path(sys.executable).parent / "guard")
-            cost = timed_train([guard_exe, "erase", "train", "--concept", c.name, "--replacement", r.name,
-                                "--out", str(delta), "--threads", "2", "--seed", str(args.seed), "--force"], work)
+            log(f"{c.name}: one EAR erasure (filter + training + delta) in a timed child process")
+            cost = timed_train([sys.executable, __file__, "--child-erase", c.name, r.name, str(delta),
+                                "--seed", str(args.seed), "--threads", "2"], work)
             cost["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
             entry["erasure_cost"] = cost
             entry["card"] = json.loads(delta.with_suffix(".json").read_text())
             log(f"{c.name}: EAR took {cost['wall_s']}s, peak RSS {cost['peak_rss_mib']} MiB")
         variants = [Variant("ear", load_erased(base, delta), description="EAR (WGA + TLM)")]
-        if not args.skip_ablations:
-            kept = None
-            for name, cfg in (("ear-no-tlm", EarConfig(seed=args.seed, mu=None)),
-                              ("ear-no-wga", EarConfig(seed=args.seed, window=1))):
+        wanted = [a for a in args.ablations.split(",") if a]
+        ablations = {"no-tlm": EarConfig(seed=args.seed, mu=None), "no-wga": EarConfig(seed=args.seed, window=1)}
+        for a in wanted:
+            if a not in ablations:
+                raise SystemExit(f"unknown ablation {a!r}; choose from {sorted(ablations)}")
+        if wanted:
+            kept = torch.load(delta.with_suffix(".pairs.pt"), weights_only=False)  # the pairs EAR trained on
+            for name, cfg in ((f"ear-{a}", ablations[a]) for a in wanted):
                 path = work / f"{name}.safetensors"
                 if not path.exists():
-                    if kept is None:
-                        pairs = training_pairs(c, r, default.candidates, seed=default.seed)
-                        kept, _ = filter_pairs(pairs, base, judge, c, seed=default.seed, cfg=default.cfg)
-                        kept = kept[:default.max_pairs]  # the same pairs the CLI run trained on
                     t0 = time.time()
                     model = ear_model_for(base)
                     student, tlog = train_ear(model, kept, cfg)
@@ -135,10 +145,11 @@ def main() -> None:
         entry["grid_prompts"] = report["grid_prompts"]
         out_dir = args.out.parent
         out_dir.mkdir(parents=True, exist_ok=True)
-        grid = out_dir / f"erasure_{c.name}_grid.png"
+        grid = out_dir / f"{args.out.stem}_{c.name}_grid.png"
         grid.write_bytes(Path(report["files"]["grid"]).read_bytes())
-        (out_dir / f"erasure_{c.name}.csv").write_text(Path(report["files"]["csv"]).read_text())
-        entry["files"] = {"grid": str(grid.relative_to(ROOT)), "csv": f"bench/results/erasure_{c.name}.csv"}
+        csv_path = out_dir / f"{args.out.stem}_{c.name}.csv"
+        csv_path.write_text(Path(report["files"]["csv"]).read_text())
+        entry["files"] = {"grid": str(grid.relative_to(ROOT)), "csv": str(csv_path.relative_to(ROOT))}
         entry["summary"] = summarize(report["rows"])
         results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         args.out.write_text(json.dumps(results, indent=2) + "\n")

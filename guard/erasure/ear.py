@@ -208,10 +208,10 @@ class EarConfig:
     """
 
     window: int = 16
-    mu: float | None = 0.05
+    mu: float | None = 0.001
     eta: float = 1.0
     layers: tuple[int, ...] = (0, 1)
-    lr: float = 1e-3
+    lr: float = 2e-5
     epochs: int = 4
     batch_size: int = 8
     candidates: int = 64
@@ -238,13 +238,14 @@ class EarConfig:
 
 @dataclass
 class EarResult:
-    """The trained network, the tensors that changed, the card, and the training log."""
+    """The trained network, the tensors that changed, the card, the training log and the pairs trained on."""
 
     module: nn.Module
     delta: dict[str, torch.Tensor]
     card: dict
     log: list[dict] = field(default_factory=list)
     delta_path: Path | None = None
+    pairs: list[PromptPair] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -365,7 +366,7 @@ def erase(generator, concept: str, replacement: str, config: EarConfig | None = 
         "time_s": round(time.time() - t0, 2),
         "config": asdict(config),
     }
-    result = EarResult(student, delta, card, log)
+    result = EarResult(student, delta, card, log, pairs=list(kept))
     if out is not None:
         result.delta_path = save_delta(out, delta, card)
     return result
