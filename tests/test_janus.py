@@ -198,23 +198,13 @@ def test_cli_generate_then_detect_folder_with_a_janus_checkpoint(ckpt, tmp_path,
 
 
 def test_concept_steering_works_in_the_2b_layout_like_after_guidance(janus):
-    steer = pytest.importorskip("guard.erasure.steer")             # issue 7 (built alongside)
+    steer = pytest.importorskip("guard.erasure.steer")             # issue 7: its Janus concept stream
     out = {}
     for layout in ("2B", "B"):
-        proc = steer.ConceptSteering(janus, {"a dog": 4.0}, stream=janus.concept_stream())
+        proc = steer.ConceptSteering(janus, {"a dog": 4.0})
         out[layout] = janus.generate(PROMPTS, seed=6, cfg=5.0, logits_processor=[proc], processor_layout=layout)
     assert torch.equal(out["2B"], out["B"])
-    plain = janus.generate(PROMPTS, seed=6, cfg=5.0)
-    assert not torch.equal(out["2B"], plain)                       # the steering changed the samples
-    noop = steer.ConceptSteering(janus, {"a dog": 0.0}, stream=janus.concept_stream())
-    assert torch.equal(janus.generate(PROMPTS, seed=6, cfg=5.0, logits_processor=[noop], processor_layout="2B"), plain)
-    # the stream's first logits for the prompt itself are the model's own conditional logits
-    raw = Recorder()
-    codes = janus.generate(PROMPTS[:1], seed=6, cfg=5.0, logits_processor=[raw], processor_layout="2B").view(1, -1)
-    stream = janus.concept_stream()
-    assert torch.allclose(stream.start(PROMPTS[:1], 1), raw.calls[0][1][:1].float(), atol=1e-4)
-    for t in range(1, 4):
-        assert torch.allclose(stream.step(codes[:, t - 1]), raw.calls[t][1][:1].float(), atol=1e-4)
+    assert not torch.equal(out["2B"], janus.generate(PROMPTS, seed=6, cfg=5.0))     # the steering did something
 
 
 def test_no_guidance_greedy_and_chunked_batches(janus, lists):

@@ -246,10 +246,6 @@ class JanusGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def concept_stream(self) -> "JanusConceptStream":
-        """A `guard.erasure.steer.ConceptStream` over this model, for `ConceptSteering(gen, ..., stream=...)`."""
-        return JanusConceptStream(self)
-
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Prompt ids for image generation: the chat template when the processor has one, then `<begin_of_image>`."""
         texts = list(prompts)
@@ -321,55 +317,6 @@ class JanusGenerator:
                     del self.model.prepare_embeddings_for_image_generation
                 out.append(tokens.view(len(chunk), h, w).to("cpu", torch.long))
         return torch.cat(out)
-
-
-class JanusConceptStream:
-    """Next-code logits of the Janus LM for fixed prompts, with its own KV cache, fed the generated codes.
-
-    Implements `guard.erasure.steer.ConceptStream` (`start(prompts, batch)`, `step(codes)`): rows are
-    prompt-major (prompt j, image i) -> row j*batch + i. The empty prompt "" is the null prompt
-    (`<bos><begin_of_image>`). Used by `ConceptSteering` in either processor layout.
-    """
-
-    def __init__(self, generator: JanusGenerator) -> None:
-        self.gen = generator
-        self.model = generator.model
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
-        self._pos: torch.Tensor | None = None
-        self._reps = 1
-
-    def _run(self, embeds: torch.Tensor) -> torch.Tensor:
-        import inspect
-
-        lm = self.model.model.language_model
-        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-        out = lm(inputs_embeds=embeds, attention_mask=self._mask, position_ids=self._pos, use_cache=True,
-                 **{key: self._cache})
-        self._cache = getattr(out, key, None) if getattr(out, key, None) is not None else self._cache
-        return self.model.model.generation_head(out.last_hidden_state[:, -1]).float()
-
-    @torch.inference_mode()
-    def start(self, prompts: Sequence[str], batch: int) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        enc = self.gen.encode_prompts(list(prompts))
-        ids = enc["input_ids"].repeat_interleave(batch, dim=0)
-        self._mask = enc["attention_mask"].repeat_interleave(batch, dim=0)
-        self._pos = (self._mask.cumsum(1) - 1).clamp(min=0)
-        self._cache = DynamicCache()
-        self._reps = len(prompts)
-        return self._run(self.model.get_input_embeddings()(ids))
-
-    @torch.inference_mode()
-    def step(self, codes: torch.Tensor) -> torch.Tensor:
-        if self._mask is None:
-            raise RuntimeError("call start() first")
-        x = codes.to(self._mask.device).long().repeat(self._reps)[:, None]
-        embeds = self.model.model.generation_aligner(self.model.model.generation_embeddings(x))
-        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
-        self._pos = self._pos[:, -1:] + 1
-        return self._run(embeds)
 
 
 # ------------------------------------------------------------------------------------------------- loading
