@@ -265,6 +265,7 @@ def test_reader_pickles_without_its_native_context(chain, tmp_path):
     (True, "valid", None, True, KEY_ID, "mismatch", False),               # a manifest without guard's binding
     (False, None, None, True, KEY_ID, "watermark-only", None),
     (True, "trusted", KEY_ID, False, KEY_ID, "manifest-only", None),
+    (True, "valid", None, False, KEY_ID, "other-manifest", None),          # another tool's credentials
     (True, "invalid", KEY_ID, True, KEY_ID, "invalid-manifest", True),
     (True, "invalid", KEY_ID, False, KEY_ID, "invalid-manifest", None),
     (False, None, None, False, KEY_ID, "none", None),
@@ -282,3 +283,17 @@ def test_case_table(present, state, manifest_key, watermarked, wm_key, case, mat
 def test_unchecked_manifest_gives_empty_fields():
     assert set(record_fields(None, True, KEY_ID).values()) == {None}
     assert set(record_fields(ManifestSummary(present=None), False, None).values()) == {None}
+
+
+def test_credentials_of_another_tool_are_not_a_transplant(chain, tmp_path):
+    png = write_png(tmp_path / "camera.png")
+    foreign = {"claim_generator_info": [{"name": "some-camera-app", "version": "2.0"}], "title": "camera.png",
+               "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [
+                   {"action": "c2pa.created",
+                    "digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"}]}}]}
+    with ImageSigner(SigningMaterial.load(chain.chain, chain.key)) as s:
+        s.sign_file(png, foreign)
+    got = ManifestReader().read(png)
+    assert (got.claim_generator, got.key_id, got.watermarked) == ("some-camera-app/2.0", None, False)
+    assert record_fields(got, False, KEY_ID)["provenance"] == "other-manifest"
+    assert record_fields(got, True, KEY_ID)["provenance"] == "mismatch"

@@ -76,7 +76,8 @@ class DetectionRecord:
         c2pa_key_id: the watermark key id named in the manifest's guard soft binding.
         c2pa_key_match: the manifest's key id equals `key_id` of the watermark found (None when no
             watermark was found or there is no manifest).
-        provenance: "agree", "mismatch", "watermark-only", "manifest-only", "invalid-manifest" or "none".
+        provenance: "agree", "mismatch", "watermark-only", "manifest-only", "other-manifest",
+            "invalid-manifest" or "none".
         error: None, or one line saying why the file could not be read.
         elapsed_ms: this image's decode time plus its share of its batch's tokenize + test time, plus the
             time to read its Content Credentials.

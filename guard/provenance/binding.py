@@ -12,7 +12,8 @@ Cases (`PROVENANCE_CASES`):
 | agree | found, key K | valid/trusted, soft binding names K | the two credentials confirm each other |
 | mismatch | found, key K | valid/trusted, names another key or none | re-signed or mixed up: investigate |
 | watermark-only | found | absent | credentials stripped (re-encoded, screenshot, upload pipeline) |
-| manifest-only | not found | valid/trusted | watermark destroyed, never applied, or a manifest transplanted onto other pixels |
+| manifest-only | not found | valid/trusted, names a guard key | watermark destroyed, never applied, or a manifest transplanted onto other pixels |
+| other-manifest | not found | valid/trusted, names no guard key | Content Credentials of another tool; nothing of guard's to check |
 | invalid-manifest | either | present but invalid | pixels or manifest changed after signing (see the status codes) |
 | none | not found | absent | no guard credential |
 
@@ -28,7 +29,8 @@ from .read import ManifestSummary
 __all__ = ["PROVENANCE_CASES", "PROVENANCE_FIELDS", "provenance_case", "key_match", "record_fields",
            "empty_record_fields"]
 
-PROVENANCE_CASES = ("agree", "mismatch", "watermark-only", "manifest-only", "invalid-manifest", "none")
+PROVENANCE_CASES = ("agree", "mismatch", "watermark-only", "manifest-only", "other-manifest", "invalid-manifest",
+                    "none")
 PROVENANCE_FIELDS = ("c2pa_manifest", "c2pa_state", "c2pa_status", "c2pa_signer", "c2pa_claim_generator",
                      "c2pa_key_id", "c2pa_key_match", "provenance")
 
@@ -52,7 +54,7 @@ def provenance_case(summary: ManifestSummary | None, watermarked: bool, key_id: 
     if summary.state == "invalid":
         return "invalid-manifest"
     if not watermarked:
-        return "manifest-only"
+        return "manifest-only" if summary.key_id is not None else "other-manifest"
     return "agree" if key_match(summary, watermarked, key_id) else "mismatch"
 
 
