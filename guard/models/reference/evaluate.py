@@ -31,13 +31,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def to_uint8_png(images: torch.Tensor) -> torch.Tensor:
+def to_uint8_png(images: torch.Tensor, fmt: str = "PNG", **save_kw) -> torch.Tensor:
     """Round-trip each image through an 8-bit PNG file in memory, as saving to disk does."""
     out = []
     for img in images:
         arr = (img.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        Image.fromarray(arr).save(buf, format=fmt, **save_kw)
         buf.seek(0)
         out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()))
     return torch.stack(out).permute(0, 3, 1, 2).float() / 255.0
@@ -58,10 +58,20 @@ def eval_vq() -> dict:
     mse = (rec - x).pow(2).flatten(1).mean(1)
     psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10)))
     again = tok.encode(rec)
+    # Token maps a sampler could make: 30% of positions replaced by uniform random codes.
+    g = torch.Generator().manual_seed(0)
+    swap = torch.rand(codes.shape, generator=g) < 0.3
+    mixed = torch.where(swap, torch.randint(0, tok.vocab_size, codes.shape, generator=g), codes)
+    mixed_again = tok.encode(to_uint8_png(tok.decode(mixed)))
+    jpeg = {q: round(float((tok.encode(to_uint8_png(tok.decode(codes), "JPEG", quality=q)) == codes).float().mean()), 4)
+            for q in (90, 75)}
     return {"psnr_db_heldout_1000": round(float(psnr.mean()), 2),
             "psnr_db_p05": round(float(psnr.quantile(0.05)), 2),
             "roundtrip_agreement_rendered": round(float((again == codes).float().mean()), 4),
-            "codes_used_heldout": int(torch.unique(codes).numel())}
+            "roundtrip_agreement_30pct_random_codes": round(float((mixed_again == mixed).float().mean()), 4),
+            "roundtrip_agreement_jpeg90": jpeg[90], "roundtrip_agreement_jpeg75": jpeg[75],
+            "codes_used_heldout": int(torch.unique(codes).numel()),
+            "distinct_codes_per_image": round(float(np.mean([torch.unique(c).numel() for c in codes])), 1)}
 
 
 def eval_generator(n: int = 512, cfg: float = 3.0, seed: int = 1234) -> dict:
