@@ -275,14 +275,20 @@ class Emu3Generator:
 
     def _allowed(self, layout: ImageLayout):
         tok = self.processor.tokenizer
-        visual = self.vmap.img2bpe.tolist()
-        tail = [[self.vmap.eof_id], [tok.eoi_token_id], [tok.eos_token_id]]
-        pad = [tok.pad_token_id]
+        dev = self.device
 
-        def fn(batch_id: int, ids: torch.Tensor) -> list[int]:
+        def ids_(*xs: int) -> torch.Tensor:
+            return torch.tensor(xs, dtype=torch.long, device=dev)
+
+        visual = self.vmap.img2bpe.to(dev)          # tensors: no list -> tensor conversion at every step
+        eol = ids_(self.vmap.eol_id)
+        tail = [ids_(self.vmap.eof_id), ids_(tok.eoi_token_id), ids_(tok.eos_token_id)]
+        pad = ids_(tok.pad_token_id)
+
+        def fn(batch_id: int, ids: torch.Tensor) -> torch.Tensor:
             j = ids.shape[-1] - layout.prompt_len
             if j < layout.image_len:
-                return visual if j % (layout.w + 1) < layout.w else [self.vmap.eol_id]
+                return visual if j % (layout.w + 1) < layout.w else eol
             k = j - layout.image_len
             return tail[k] if k < 3 else pad
 
