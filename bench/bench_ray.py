@@ -108,8 +108,17 @@ def run(folder: Path, out: Path, work: Path) -> dict:
                      torch_default_threads=default_threads, tokenizer=tok.id)
 
     # ---- local single process
+    def save() -> None:
+        res["command"] = f"nice -n 10 python bench/bench_ray.py run {folder} --out {out}"
+        res["note"] = ("2-core machine shared with other jobs (a training run at nice 0 and other sessions' tests); "
+                       "run under nice -n 10, Ray workers at the same niceness. Phases run one after the other, "
+                       "so the load differs between them; absolute figures move with the machine's load.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+
     local_rows = {}
-    for threads in (1, default_threads):
+
+    def local(threads: int) -> None:
         torch.set_num_threads(threads)
         det = Detector(GreenLists(key, tok), tok, batch_size=64)
         target = work / f"local_{threads}t.jsonl"
@@ -121,9 +130,11 @@ def run(folder: Path, out: Path, work: Path) -> dict:
                                              n_watermarked=s.n_watermarked, n_errors=s.n_errors)
         local_rows[threads] = _jsonl(target)
         print(f"local {threads} thread(s): {wall:.1f} s, {n / wall:.1f} img/s", file=sys.stderr, flush=True)
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
+        save()
+
+    local(1)
     reference = _strip(local_rows[1])
-    res["local_threads_identical"] = reference == _strip(local_rows[default_threads])
 
     # ---- ray, 1 and 2 workers (fresh local cluster each)
     spec = DetectorSpec(keys=(key,), batch_size=64)
@@ -146,6 +157,7 @@ def run(folder: Path, out: Path, work: Path) -> dict:
             n_shards=len(list((Path(str(target) + ".shards")).iterdir())), workers=per_worker)
         print(f"ray {workers} worker(s): {wall:.1f} s total, pipeline {r.wall_s:.1f} s, identical={same}",
               file=sys.stderr, flush=True)
+        save()
 
     # ---- per-image cost breakdown on the driver (1 thread), first 1,024 images, 64 per batch
     det = Detector(GreenLists(key, tok), tok, batch_size=64)
@@ -171,11 +183,11 @@ def run(folder: Path, out: Path, work: Path) -> dict:
                                     write_jsonl=1e3 * t_write / m, n_images=m, torch_threads=1)
     res["object_store_bytes_per_image"] = 3 * det.image_size ** 2
     res["record_bytes_per_image_jsonl"] = len(sink.getvalue().encode()) / m
-    res["command"] = f"nice -n 10 python bench/bench_ray.py run {folder} --out {out}"
-    res["note"] = ("2-core machine shared with other jobs (a training run); run under nice -n 10. Ratios within "
-                   "this run are comparable; absolute figures move with the machine's load.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    save()
+    if default_threads != 1:
+        local(default_threads)
+        res["local_threads_identical"] = reference == _strip(local_rows[default_threads])
+        save()
     return res
 
 

@@ -67,7 +67,7 @@ def folder(tmp_path_factory):
 def cluster():
     """One local cluster shared by the library-level tests (ray_scan reuses an initialised Ray)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

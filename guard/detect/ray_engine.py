@@ -332,7 +332,10 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False, **kwargs)
+            # Workers at the driver's priority (Ray's default renices them by +15, meant for a busy driver;
+            # guard's driver only merges, and Ray's own job submission sets 0 too).
+            ray.init(num_cpus=int(num_cpus or os.cpu_count() or 1), include_dashboard=False,
+                     _system_config={"worker_niceness": 0}, **kwargs)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - connection errors come in many types
