@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import shutil
 import sys
@@ -56,6 +55,30 @@ def share_population(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists():
         dst.symlink_to(src.resolve(), target_is_directory=True)
+
+
+def markdown_table(table: list[dict]) -> str:
+    """The DESIGN §10 table as markdown (what the README shows)."""
+    cols = [("tpr_at_fpr_0.01", "TPR@1%FPR"), ("tpr_at_fpr_0.001", "TPR@0.1%FPR"), ("tpr_at_alpha_0.01", "TPR α=1e-2"),
+            ("tpr_at_alpha_0.0001", "TPR α=1e-4"), ("tpr_at_alpha_1e-06", "TPR α=1e-6"), ("auc", "AUC"),
+            ("token_match_generated_wm", "token match")]
+    lines = ["| attack | " + " | ".join(c for _, c in cols) + " | target |", "|---" * (len(cols) + 2) + "|"]
+    for r in table:
+        t = r.get("target")
+        target = "" if not t else f"{t['value']:g}: {'met' if t['met'] else '**not met**'}"
+        vals = " | ".join(f"{r[k]:.3f}" if isinstance(r.get(k), float) else "–" for k, _ in cols)
+        lines.append(f"| {r['row']} | {vals} | {target} |")
+    return "\n".join(lines)
+
+
+def markdown_spoof(rows: list[dict]) -> str:
+    lines = ["| K | N observed | forge success α=1e-2 | α=1e-4 | α=1e-6 | estimate overlap (best list; γ = chance) | "
+             "PSNR forged |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n_lists']} | {r['n_observed']} | {r['success_at_alpha_0.01']:.3f} | "
+                     f"{r['success_at_alpha_0.0001']:.3f} | {r['success_at_alpha_1e-06']:.3f} | "
+                     f"{r['estimate_overlap_best_list']:.3f} | {r['psnr_forged_db'] or float('nan'):.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         summary["seconds"] = round(time.time() - t1, 1)
         result["modes"][mode] = {k: summary[k] for k in ("table", "attacks", "timings_s", "seconds", "posthoc_quality")
                                  if k in summary}
+        result["modes"][mode]["markdown"] = markdown_table(summary["table"])
+        print(f"\n{mode}:\n" + result["modes"][mode]["markdown"], flush=True)
         for src, name in (("roc.png", "roc"), ("tpr_vs_strength.png", "strength"), ("summary_table.png", "table")):
             if (out / src).exists():
                 shutil.copy(out / src, args.out.parent / f"robustness_{mode}_{name}.png")
@@ -141,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         res = run_spoof(SpoofConfig(out=sp, n_observed=observed, n_lists=lists, n_targets=args.spoof_targets,
                                     n_clean=n_clean, delta=args.delta, keys=keys, batch_size=args.batch_size))
         res["seconds"] = round(time.time() - t1, 1)
+        res["markdown"] = markdown_spoof(res["rows"])
+        print("\nspoof:\n" + res["markdown"], flush=True)
         result["spoof"] = res
     result["seconds_total"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -86,6 +86,17 @@ def test_autoencoder_roundtrip_deterministic_changes_image_keeps_content(scenes)
     assert bool((psnr > 20).all()) and bool((psnr < 60).all()), psnr   # a real round trip, not identity or noise
 
 
+def test_vq2_is_an_independent_tokenizer(scenes, tok):
+    from guard.eval.regeneration import load_vq2
+
+    vq2 = load_vq2()
+    assert vq2.id != tok.id
+    a = apply_attack("vq2", scenes, 1)
+    assert torch.equal(a, apply_attack("vq2", scenes, 1))
+    psnr = 10 * torch.log10(1 / (a - scenes).pow(2).flatten(1).mean(1))
+    assert bool((psnr > 18).all()) and bool((psnr < 60).all()), psnr
+
+
 def test_force_tokens_processor_forces_kept_positions(gen):
     tok = gen.tokenizer
     target = gen.generate(["a big red disc in the upper left"], n=2, seed=1).reshape(2, -1)

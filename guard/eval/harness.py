@@ -460,6 +460,7 @@ def run_eval(cfg: EvalConfig, *, progress: Callable[[str, int], None] | None = N
         t1 = time.time()
         _run_attack(st, name, param, progress)
         timings[f"{name}__{param_label(param)}"] = round(time.time() - t1, 1)
+        _log(f"{name} {param_label(param)}: done in {time.time() - t1:.0f}s")
     summary = summarize(cfg.out, cfg.attacks, alphas=cfg.alphas, fprs=cfg.fprs)
     if cfg.mode == "posthoc":
         wm = st.pops["watermarked"]

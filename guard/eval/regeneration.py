@@ -39,7 +39,8 @@ def load_vq2(weights_dir: Path = VQ2_DIR):
     from ..models.reference.model import load_tokenizer
 
     if not (Path(weights_dir) / "vq.safetensors").exists():
-        raise ModelError(f"second VQ tokenizer missing: {weights_dir}/vq.safetensors; see guard/eval/weights/README")
+        raise ModelError(f"second VQ tokenizer missing: {weights_dir}/vq.safetensors; retrain it with the command in "
+                         f"guard/eval/weights/vq2/card.json or reinstall ar-guard")
     return load_tokenizer(Path(weights_dir))
 
 
