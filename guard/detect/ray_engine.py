@@ -53,7 +53,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GuardError
 from .detector import RECORD_FIELDS, DetectionRecord, Detector, _timed_load
 from .images import MAX_PIXELS, LoadedImage
 from .scan import FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state
@@ -486,17 +486,29 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
         on_batch(summary.n_skipped)
     result = RayScanResult(summary=summary, shards_dir=store.directory if tmp_dir is None else None)
 
+    failure: str | None = None
     try:
         if todo and not should_stop():
-            _run_pipeline(todo, positions, spec, image_size, store, result, num_workers=num_workers, address=address,
-                          should_stop=should_stop, on_batch=on_batch, on_chunk=on_chunk)
+            try:
+                _run_pipeline(todo, positions, spec, image_size, store, result, num_workers=num_workers,
+                              address=address, should_stop=should_stop, on_batch=on_batch, on_chunk=on_chunk)
+            except (ConfigError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - a dead cluster, a Ctrl-C that reached Ray's processes...
+                if should_stop():
+                    result.summary.interrupted = True
+                else:
+                    failure = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         elif todo:
             result.summary.interrupted = True
         if not result.summary.interrupted:
             store.clean_temp()          # a writer killed mid-write left it; its chunk was re-run and committed
         t0 = time.perf_counter()
-        _merge(store, out, stream, fmt, resume, state, summary)
+        _merge(store, out, stream, fmt, resume, state, summary)     # committed rows are never lost
         result.merge_s = time.perf_counter() - t0
+        if failure:
+            raise GuardError(f"the Ray run failed ({failure}); the {summary.n_rows} rows committed so far are in "
+                             f"{out if out is not None else 'the output'}; rerun with --resume to continue")
     finally:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
