@@ -51,7 +51,9 @@ def bench_key(tok, k: int, path: Path):
 
 
 def share_population(src: Path, dst: Path) -> None:
-    """Point dst at src's cached chunks (same prompts, seeds and model: identical images)."""
+    """Point dst at src's cached chunks (same prompts, seeds and model: identical images); two runs may fill
+    the shared folder at once (chunk files are replaced atomically)."""
+    src.mkdir(parents=True, exist_ok=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists():
         dst.symlink_to(src.resolve(), target_is_directory=True)
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="attacks measured at every strength of their grid (the rest at their summary point)")
     p.add_argument("--search", action="store_true", help="detect with --search")
     p.add_argument("--spoof-observed", default="10,100,1000")
-    p.add_argument("--spoof-lists", default="1,8,64")
+    p.add_argument("--spoof-lists", default="1,64,8", help="pool sizes K, generated in this order (K=8 reuses the "
+                   "soft evaluation's watermarked set, so it goes last)")
     p.add_argument("--spoof-targets", type=int, default=200)
     p.add_argument("--skip-spoof", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         "regeneration_note": "vq2 / ar_resample / autoencoder are offline stand-ins for diffusion/VAE regeneration",
         "modes": {},
     }
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]          # "" = spoofing only
     for mode in modes:
         out = work / mode
         generating = [m for m in modes if m in ("soft", "hard")]
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         sp = work / "spoof"
         keys = {k: bench_key(tok, k, work / "keys" / f"K{k}.key") for k in lists}
         n_clean = max(args.n, args.spoof_targets + 1)
-        if n_clean == args.n and "soft" in modes:
+        if n_clean == args.n:               # the soft evaluation's clean set (and K=8 set) are the same images
             share_population(work / "soft" / "populations" / "clean", sp / "populations" / "clean")
             if 8 in lists and max(observed) <= args.n:
                 share_population(work / "soft" / "populations" / "watermarked", sp / "populations" / "watermarked_K8")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -171,7 +172,7 @@ def eval_prompts(n: int, seed: int = 0) -> list[str]:
 
 def _save_chunk(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")      # two runs sharing a folder never collide
     np.savez(tmp, **arrays)
     tmp.replace(path)
 

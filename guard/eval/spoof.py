@@ -80,7 +80,7 @@ class SpoofConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.n_observed = sorted({int(n) for n in self.n_observed})
-        self.n_lists = sorted({int(k) for k in self.n_lists})
+        self.n_lists = list(dict.fromkeys(int(k) for k in self.n_lists))      # generation order as given
         if not self.n_observed or self.n_observed[0] < 1:
             raise ConfigError(f"n_observed must be ints >= 1, got {self.n_observed!r}")
         if not self.n_lists or self.n_lists[0] < 1:
@@ -179,6 +179,13 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
     n_wm = max(cfg.n_observed)
     prompts = eval_prompts(padded_count(max(n_wm, cfg.n_clean), cfg.batch_size), cfg.seed)
     pops = cfg.out / "populations"
+    keys, wm_sets = {}, {}
+    for k in cfg.n_lists:                  # watermarked sets first, in the order given, then the clean set
+        keys[k] = _resolve_key(cfg, k, tok)
+        wm_sets[k] = generate_population(
+            gen, GreenLists(keys[k], tok), n_wm, folder=pops / f"watermarked_K{k}", prompts=prompts,
+            delta=None if cfg.hard else cfg.delta, hard=cfg.hard, seed=cfg.seed, cfg=cfg.cfg,
+            batch_size=cfg.batch_size, on_chunk=lambda n, kk=k: progress(f"generate K={kk}", n))
     clean = generate_population(gen, None, cfg.n_clean, folder=pops / "clean", prompts=prompts, delta=None,
                                 hard=False, seed=cfg.seed, cfg=cfg.cfg, batch_size=cfg.batch_size,
                                 on_chunk=lambda k: progress("generate clean", k))
@@ -188,14 +195,11 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
     rows = []
     keys_used = {}
     for k in cfg.n_lists:
-        key = _resolve_key(cfg, k, tok)
+        key = keys[k]
         keys_used[k] = key.key_id
         gl = GreenLists(key, tok)
         det = Detector(gl, tok, alpha=min(cfg.alphas), batch_size=cfg.batch_size)
-        wm = generate_population(gen, gl, n_wm, folder=pops / f"watermarked_K{k}", prompts=prompts,
-                                 delta=None if cfg.hard else cfg.delta, hard=cfg.hard, seed=cfg.seed, cfg=cfg.cfg,
-                                 batch_size=cfg.batch_size, on_chunk=lambda n, kk=k: progress(f"generate K={kk}", n))
-        wm_codes = tok.encode(_from_uint8(wm["images"]))      # what the attacker sees: the saved images
+        wm_codes = tok.encode(_from_uint8(wm_sets[k]["images"]))      # what the attacker sees: the saved images
         base = np.array([r.log10_p for r in det.detect_images(targets)])
         for n in cfg.n_observed:
             est = estimate_green(wm_codes[:n], reference_codes, tok.vocab_size, cfg.gamma)
@@ -217,6 +221,7 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
             progress(f"spoof K={k} N={n}", 1)
             _log(f"spoof K={k} N={n}: success@1e-2 {row['success_at_alpha_0.01']:.3f}, overlap best list "
                  f"{row['estimate_overlap_best_list']:.3f} (gamma {cfg.gamma})")
+    rows.sort(key=lambda r: (r["n_lists"], r["n_observed"]))
     result = {"command_config": {"n_observed": cfg.n_observed, "n_lists": cfg.n_lists, "n_targets": cfg.n_targets,
                                  "n_clean": cfg.n_clean, "n_reference": cfg.n_clean - cfg.n_targets,
                                  "delta": None if cfg.hard else cfg.delta, "hard": cfg.hard, "gamma": cfg.gamma,
