@@ -4,6 +4,8 @@
     nice -n 10 python bench/bench_ray.py make-images /work/raybench --n 5000
     # then, side by side in one run (writes bench/results/ray_2core.json)
     nice -n 10 python bench/bench_ray.py run /work/raybench --out bench/results/ray_2core.json
+    # local 1 thread vs Ray 2 workers alternated on 1,024 images (same load drift for both)
+    nice -n 10 python bench/bench_ray.py interleaved /work/raybench --n 1024 --rounds 2
 
 Images: scenes from the reference renderer (`guard.models.reference.shapes`, seeds 0..n-1); the first
 half are watermarked post hoc (`guard.watermark.watermark_image`, the `guard watermark posthoc` path)
@@ -191,6 +193,44 @@ def run(folder: Path, out: Path, work: Path) -> dict:
     return res
 
 
+def interleaved(folder: Path, out: Path, work: Path, n: int, rounds: int) -> dict:
+    """Local 1-thread scan and Ray with 2 workers on the same first `n` images, alternated `rounds` times.
+
+    The machine's load drifts over minutes; alternating short runs puts both engines under the same
+    drift, which the long sequential phases of `run` cannot.
+    """
+    from guard.detect import Detector
+    from guard.detect.ray_engine import DetectorSpec, ray_scan
+    from guard.detect.scan import find_images, open_writer, scan
+    from guard.models import load_tokenizer
+    from guard.watermark import GreenLists
+
+    torch.set_num_threads(1)
+    tok = load_tokenizer("reference")
+    key = _bench_key(tok)
+    paths = find_images(folder)[:n]
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict = dict(n_images=len(paths), rounds=[], batch_size=64,
+                     command=f"nice -n 10 python bench/bench_ray.py interleaved {folder} --n {n} --rounds {rounds} "
+                             f"--out {out}")
+    for i in range(rounds):
+        det = Detector(GreenLists(key, tok), tok, batch_size=64)
+        t0 = time.perf_counter()
+        with open(work / "il_local.jsonl", "w") as f:
+            scan(det, paths, open_writer(f, "jsonl"), workers=4)
+        local_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = ray_scan(paths, DetectorSpec(keys=(key,), batch_size=64), out=work / "il_ray.jsonl", num_workers=2)
+        ray_s = time.perf_counter() - t0
+        same = _strip(_jsonl(work / "il_local.jsonl")) == _strip(_jsonl(work / "il_ray.jsonl"))
+        res["rounds"].append(dict(local_1thread_s=local_s, ray_2worker_s=ray_s, ray_2worker_pipeline_s=r.wall_s,
+                                  ratio_local_over_ray=local_s / ray_s,
+                                  ratio_local_over_ray_pipeline=local_s / r.wall_s, identical=same))
+        print(json.dumps(res["rounds"][-1]), file=sys.stderr, flush=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -201,8 +241,16 @@ def main() -> None:
     rn.add_argument("folder", type=Path)
     rn.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ray_2core.json")
     rn.add_argument("--work", type=Path, default=None, help="scratch folder for outputs (default FOLDER/../raybench_out)")
+    il = sub.add_parser("interleaved")
+    il.add_argument("folder", type=Path)
+    il.add_argument("--n", type=int, default=1024)
+    il.add_argument("--rounds", type=int, default=2)
+    il.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ray_2core_interleaved.json")
     a = ap.parse_args()
-    if a.cmd == "make-images":
+    if a.cmd == "interleaved":
+        res = interleaved(a.folder, a.out, a.folder.parent / (a.folder.name + "_out"), a.n, a.rounds)
+        print(json.dumps(res, indent=2))
+    elif a.cmd == "make-images":
         make_images(a.folder, a.n)
     else:
         res = run(a.folder, a.out, a.work or a.folder.parent / (a.folder.name + "_out"))
