@@ -110,6 +110,8 @@ def main() -> None:
             entry["erasure_cost"] = cost
             entry["card"] = json.loads(delta.with_suffix(".json").read_text())
             log(f"{c.name}: EAR took {cost['wall_s']}s, peak RSS {cost['peak_rss_mib']} MiB")
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")  # partial: the cost survives an interrupted eval
         variants = [Variant("ear", load_erased(base, delta), description="EAR (WGA + TLM)")]
         wanted = [a for a in args.ablations.split(",") if a]
         ablations = {"no-tlm": EarConfig(seed=args.seed, mu=None), "no-wga": EarConfig(seed=args.seed, window=1)}
