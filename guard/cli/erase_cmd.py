@@ -48,11 +48,11 @@ def train(
     window: Annotated[int, typer.Option("--window", help="WGA window W: image positions per optimiser step "
                                                          "(1 disables WGA).")] = 16,
     mu: Annotated[float, typer.Option("--mu", help="TLM threshold on a window's relative loss (windows at or below "
-                                                   "it are masked).")] = 0.001,
+                                                   "it are masked).")] = 0.05,
     no_tlm: Annotated[bool, typer.Option("--no-tlm", help="Disable Thresholded Loss Masking (ablation).")] = False,
     eta: Annotated[float, typer.Option("--eta", help="Negative guidance of the hidden-state target.")] = 1.0,
     layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers whose attention is trained.")] = "0,1",
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 2e-5,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the kept pairs.")] = 4,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Candidate prompt pairs before the "
                                                                         "visual filter.")] = 64,

@@ -208,10 +208,10 @@ class EarConfig:
     """
 
     window: int = 16
-    mu: float | None = 0.001
+    mu: float | None = 0.05
     eta: float = 1.0
     layers: tuple[int, ...] = (0, 1)
-    lr: float = 2e-5
+    lr: float = 1e-4
     epochs: int = 4
     batch_size: int = 8
     candidates: int = 64
