@@ -63,7 +63,8 @@ def generate(gen, gl, n: int, offset: int, watermark: bool, batch: int, cache: P
 
     if cache.exists():
         saved = torch.load(cache)
-        if saved["codes"].shape[0] >= n:
+        # Only codes of this generator and key (a retrained model or a new key makes a new cache).
+        if saved.get("generator_id") == gen.id and saved.get("key_id") == gl.key_id and saved["codes"].shape[0] >= n:
             return saved["codes"][:n], saved["indices"][:n]
     codes, indices = [], []
     ps = prompts(n, offset)
@@ -77,7 +78,7 @@ def generate(gen, gl, n: int, offset: int, watermark: bool, batch: int, cache: P
         indices += list(procs[0].list_indices) if procs else [None] * len(c)
         log(f"  generated {min(i + batch, n)}/{n} ({'wm' if watermark else 'clean'}) {time.time() - t0:.0f}s")
     out = torch.cat(codes)
-    torch.save({"codes": out, "indices": indices}, cache)
+    torch.save({"codes": out, "indices": indices, "generator_id": gen.id, "key_id": gl.key_id}, cache)
     return out, indices
 
 
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     key = WatermarkKey._from_secret(secret, gamma=0.25, n_lists=8, tokenizer_id=tok.id, vocab_size=tok.vocab_size,
                                     created="2026-01-01T00:00:00Z")
     key_path = work / "key-a.json"
+    if key_path.exists() and WatermarkKey.load(key_path).key_id != key.key_id:
+        key_path.unlink()  # a key bound to another tokenizer (the reference model was retrained)
     if not key_path.exists():
         key.save(key_path)
     gl = GreenLists(key, tok)
