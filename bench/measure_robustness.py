@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
                    "soft evaluation's watermarked set, so it goes last)")
     p.add_argument("--spoof-targets", type=int, default=200)
     p.add_argument("--skip-spoof", action="store_true")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="no new work: summarize the attacks already complete in --workdir/<mode> (an interrupted run)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/guard-robustness"))
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     from guard import __version__
-    from guard.eval.attacks import ATTACKS, parse_attack_list
+    from guard.eval.attacks import ATTACKS, param_label, parse_attack_list
     from guard.eval.harness import EvalConfig, run_eval
     from guard.eval.spoof import SpoofConfig, run_spoof
     from guard.models import load
@@ -134,9 +136,30 @@ def main(argv: list[str] | None = None) -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]          # "" = spoofing only
     for mode in modes:
         out = work / mode
-        generating = [m for m in modes if m in ("soft", "hard")]
-        if mode in generating and mode != generating[0]:
-            share_population(work / generating[0] / "populations" / "clean", out / "populations" / "clean")
+        if mode == "hard":           # the soft evaluation's clean images (same prompts, seeds, model)
+            share_population(work / "soft" / "populations" / "clean", out / "populations" / "clean")
+        if args.summarize_only:
+            from guard.eval.harness import summarize
+            from guard.eval.plots import write_plots
+
+            done, missing = [], []
+            for a, prm in attacks:
+                res = out / f"{a}__{param_label(prm)}" / "results.jsonl"
+                n_rows = sum(1 for line in open(res) if line.strip()) if res.exists() else 0
+                (done if n_rows == 2 * args.n else missing).append((a, prm))
+            summary = summarize(out, done)
+            write_plots(out, summary)
+            summary["timings_s"], summary["seconds"] = {}, None
+            summary["partial"] = {"not_measured": [f"{a} {param_label(prm)}" for a, prm in missing],
+                                  "why": "the run was stopped at the session deadline (2 shared CPU cores)"}
+            result["modes"][mode] = {k: summary[k] for k in ("table", "attacks", "partial")}
+            result["modes"][mode]["markdown"] = markdown_table(summary["table"])
+            print(f"\n{mode}:\n" + result["modes"][mode]["markdown"], flush=True)
+            for src, name in (("roc.png", "roc"), ("tpr_vs_strength.png", "strength"), ("summary_table.png", "table")):
+                if (out / src).exists():
+                    shutil.copy(out / src, args.out.parent / f"robustness_{mode}_{name}.png")
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            continue
         log(f"eval {mode}: n={args.n}, {len(attacks)} attack settings -> {out}")
         t1 = time.time()
         summary = run_eval(EvalConfig(out=out, n=args.n, mode=mode, delta=args.delta, key=key8, attacks=attacks,
