@@ -121,12 +121,17 @@ def test_record_fields_are_design_fields_plus_resize():
 
 
 def test_generated_codes_are_detected_with_the_right_list():
-    # The generator's own codes, before any decode: hard-mode maps are decisive, soft ones (delta 2)
-    # are clearly shifted; clean maps are not flagged.
+    # The generator's own codes, before any decode: in hard mode every distinct code is green, the
+    # strongest evidence an image with that many distinct codes can give (gamma^n_distinct, corrected
+    # for the K lists); soft ones (delta 2) are clearly shifted; clean maps are not flagged.
     a = reference_assets()
     det = Detector(a.lists_a, a.tokenizer)
     hard = det.detect_codes(a.hard_codes)
-    assert all(r.watermarked and r.log10_p < -10 for r in hard), [r.log10_p for r in hard]
+    for r in hard:
+        assert r.n_green == r.n_distinct
+        # sampling the green codes without replacement: at most gamma^n, corrected for the looks
+        assert r.p_value <= min(1.0, det.n_looks * 0.25 ** r.n_distinct) * (1 + 1e-9)
+        assert r.watermarked, [(x.n_distinct, x.log10_p) for x in hard]
     assert [r.list_index for r in hard] == a.hard_indices
     soft = det.detect_codes(a.wm_codes)
     clean = det.detect_codes(a.clean_codes)
