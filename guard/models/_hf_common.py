@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ModelError
+from .base import check_sampling_args
 
 __all__ = ["checkpoint_dir", "offline", "weights_digest", "load_prefixed_state", "pick_device", "pick_dtype",
            "seeded", "PixelRange", "check_sampling_args", "config_id"]
@@ -187,21 +188,3 @@ class PixelRange:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
-def check_sampling_args(prompts: Sequence[str], n: int, cfg: float, temperature: float, top_k: int | None,
-                        top_p: float | None) -> list[str]:
-    """Validate `Generator.generate` arguments the same way for every adapter; returns prompts × n."""
-    if isinstance(prompts, str):
-        raise ConfigError("prompts must be a list of strings, got a single str; wrap it in a list")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"n must be an int >= 1, got {n!r}")
-    if cfg < 1:
-        raise ConfigError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-    if not prompts:
-        raise ConfigError("prompts is empty; give at least one prompt")
-    return [p for p in prompts for _ in range(n)]

@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..errors import ConfigError
+
 LogitsProcessorLike = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
 
@@ -73,3 +75,23 @@ class Generator(Protocol):
         logits_processor: Sequence[LogitsProcessorLike] | None = None,
     ) -> torch.Tensor:
         """Sample `n` images per prompt; returns codes (len(prompts)*n, h, w), prompt-major."""
+
+
+def check_sampling_args(prompts: Sequence[str], n: int, cfg: float, temperature: float, top_k: int | None,
+                        top_p: float | None, *, allow_empty: bool = False) -> list[str]:
+    """Validate `Generator.generate` arguments the same way for every adapter; returns prompts × n."""
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a list of strings, got a single str; wrap it in a list")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"n must be an int >= 1, got {n!r}")
+    if cfg < 1:
+        raise ConfigError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if not prompts and not allow_empty:
+        raise ConfigError("prompts is empty; give at least one prompt")
+    return [p for p in prompts for _ in range(n)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ConfigError, ModelError
+from ..base import check_sampling_args
 from .classifier import SceneClassifier
 from .gpt import GPTConfig, ShapesGPT, tokenize_prompts
 from .vq import VQConfig, VQModel
@@ -162,19 +163,7 @@ class ReferenceGenerator:
             logits_processor: callables `(input_ids, scores) -> scores`, called once per token.
             processor_layout: "B" (processors see guided scores) or "2B" (cond then uncond rows, pre-guidance).
         """
-        if isinstance(prompts, str):
-            raise ConfigError("prompts must be a list of strings, got a single str; wrap it in a list")
-        if n < 1:
-            raise ConfigError(f"n must be >= 1, got {n}")
-        if cfg < 1:
-            raise ConfigError(f"cfg must be >= 1 (1 disables guidance), got {cfg}")
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-        all_prompts = [p for p in prompts for _ in range(n)]
+        all_prompts = check_sampling_args(prompts, n, cfg, temperature, top_k, top_p, allow_empty=True)
         text = tokenize_prompts(all_prompts)
         gen = torch.Generator()
         if seed is None:
