@@ -48,6 +48,30 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+
+def read_private_file(path: Path, what: str, error: type[Exception], *, missing_hint: str = "",
+                      force: bool = False) -> bytes:
+    """Bytes of a secret-bearing file (key, signing key) after refusing one that group/others can access.
+
+    Every failure raises `error` with one line naming `what` and the path, never the contents.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}{missing_hint}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what} {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "posix" and mode & 0o077 and not force:
+        raise error(f"{what} {path} is readable or writable by group/others (mode {mode:04o}); "
+                    f"fix it with `chmod 600 {path}`")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+
 @dataclass(frozen=True, repr=False)
 class WatermarkKey:
     """A watermark key: public parameters as fields, the secret held privately (never a field).
@@ -199,22 +223,10 @@ class WatermarkKey:
         secret and metadata whose MAC does not verify (tampering). All failures raise KeyFileError.
         """
         path = Path(path).expanduser()
+        raw = read_private_file(path, "key file", KeyFileError,
+                                missing_hint=f"; create one with `guard keygen --out {path}`", force=force)
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise KeyFileError(f"key file not found: {path}; create one with `guard keygen --out {path}`") from None
-        except OSError as e:
-            raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"key file {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if os.name == "posix" and mode & 0o077 and not force:
-            raise KeyFileError(f"key file {path} is readable or writable by group/others (mode {mode:04o}); "
-                               f"fix it with `chmod 600 {path}`")
-        try:
-            doc = json.loads(path.read_bytes())
-        except OSError as e:
-            raise KeyFileError(f"cannot read key file {path}: {e.strerror}") from None
+            doc = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise KeyFileError(f"key file {path} is not valid JSON; is it a guard key?") from None
         if not isinstance(doc, dict):

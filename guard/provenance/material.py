@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
+from ..keys import read_private_file
 
 __all__ = ["SigningError", "SigningMaterial"]
 
@@ -32,22 +32,7 @@ class SigningError(ConfigError):
 
 
 def _read_private(path: Path) -> bytes:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise SigningError(f"signing key not found: {path}") from None
-    except OSError as e:
-        raise SigningError(f"cannot read signing key {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SigningError(f"signing key {path} is not a regular file")
-    mode = stat.S_IMODE(st.st_mode)
-    if os.name == "posix" and mode & 0o077:
-        raise SigningError(f"signing key {path} is readable or writable by group/others (mode {mode:04o}); "
-                           f"fix it with `chmod 600 {path}`")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise SigningError(f"cannot read signing key {path}: {e.strerror}") from None
+    return read_private_file(path, "signing key", SigningError)
 
 
 def _alg_for(key) -> str:
