@@ -182,17 +182,26 @@ def train_vq(args) -> None:
                 p = psnr(rec.clamp(0, 1), x).mean()
             log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.3f} "
                 f"alive {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
-        if (step + 1) % args.ckpt_every == 0:
-            save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
-            m = eval_vq(model, x_test[:300])
-            log(f"vq eval step {step + 1}: {m}")
+        _vq_checkpoint(args, model, x_test, step)
+    _finish_vq(args, model, x_test, t0, {})
+
+
+def _vq_checkpoint(args, model, x_test: torch.Tensor, step: int) -> None:
+    if (step + 1) % args.ckpt_every == 0:
+        save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
+        log(f"vq eval step {step + 1}: {eval_vq(model, x_test[:300])}")
+
+
+def _finish_vq(args, model, x_test: torch.Tensor, t0: float, extra: dict) -> None:
+    """Final held-out evaluation, the shipped weights and the card section (both quantisers)."""
     metrics = eval_vq(model, x_test)
     log(f"vq final held-out: {metrics}")
     save_file(model.state_dict(), str(Path(args.out) / "vq.safetensors"))
     update_card(Path(args.out), "vq", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "stop_after": args.stop_after,
-        "batch": args.batch, "n_train": args.n_train, "init": str(args.init) if args.init else None, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
+        "batch": args.batch, "n_train": args.n_train, "lr": args.lr, "init": str(args.init) if args.init else None,
+        **extra, "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
     })
 
 
@@ -281,19 +290,9 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
                 p = psnr(rec.clamp(0, 1), x).mean()
             log(f"vq step {step}/{args.steps} loss {loss.item():.4f} psnr {p:.2f} idem {idem.item():.4f} "
                 f"in-use {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
-        if (step + 1) % args.ckpt_every == 0:
-            save_file(model.state_dict(), str(Path(args.workdir) / f"vq.step{step + 1}.safetensors"))
-            log(f"vq eval step {step + 1}: {eval_vq(model, x_test[:300])}")
-    metrics = eval_vq(model, x_test)
-    log(f"vq final held-out: {metrics}")
-    save_file(model.state_dict(), str(Path(args.out) / "vq.safetensors"))
-    update_card(Path(args.out), "vq", {
-        "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
-        "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "stop_after": args.stop_after,
-        "crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight, "margin": args.margin, "sub_frac": args.sub_frac,
-        "batch": args.batch, "n_train": args.n_train, "lr": args.lr, "init": str(args.init) if args.init else None,
-        "metrics_heldout_1000": metrics, "wall_time_s": round(time.time() - t0, 1),
-    })
+        _vq_checkpoint(args, model, x_test, step)
+    _finish_vq(args, model, x_test, t0, {"crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight,
+                                         "margin": args.margin, "sub_frac": args.sub_frac})
 
 
 # ---------------------------------------------------------------------------------------- classifier
@@ -474,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULTS = {
-    "vq": {"steps": 2400, "batch": 32, "lr": 2e-3, "n_train": 40000, "idem_frac": 0.8, "idem_weight": 0.05},
+    "vq": {"steps": 2400, "batch": 32, "lr": 2e-3, "n_train": 40000},
     "classifier": {"steps": 1000, "batch": 64, "lr": 2e-3, "n_train": 40000},
     "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
@@ -493,7 +492,9 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in DEFAULTS[comp].items():
             if getattr(a, k, None) is None:
                 setattr(a, k, v)
-        for k, v in {"idem_frac": 0.0, "idem_weight": 0.1}.items():
+        # The idempotence phase is on by default for FSQ only (cosine codebooks collapsed under it).
+        fsq = comp == "vq" and a.quantizer == "fsq"
+        for k, v in {"idem_frac": 0.8 if fsq else 0.0, "idem_weight": 0.05 if fsq else 0.1}.items():
             if getattr(a, k) is None:
                 setattr(a, k, v)
         globals()[{"vq": "train_vq", "classifier": "train_classifier", "tokens": "make_tokens", "gpt": "train_gpt"}[comp]](a)
