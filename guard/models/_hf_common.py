@@ -21,7 +21,7 @@ from ..errors import ConfigError, ModelError
 from .base import check_sampling_args
 
 __all__ = ["checkpoint_dir", "offline", "weights_digest", "load_prefixed_state", "pick_device", "pick_dtype",
-           "seeded", "PixelRange", "check_sampling_args", "config_id"]
+           "seeded", "PixelRange", "check_sampling_args", "config_id", "HFVQTokenizer"]
 
 
 def checkpoint_dir(path: str | os.PathLike, model_type: str, spec: str) -> Path:
@@ -188,3 +188,52 @@ class PixelRange:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
+class HFVQTokenizer:
+    """What the Janus and Emu3 tokenizer adapters share: `id`, `grid`, `image_size`, `alive` (None: every
+    code counts), `device`, and the input checks. Subclasses set `vq`, `_id`, `_grid`, `_image_size`,
+    `batch_size` and define `vocab_size`, `encode`, `decode` and `embeddings`."""
+
+    vq: Any
+    _id: str
+    _grid: tuple[int, int]
+    _image_size: int
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self._id!r}, grid={self._grid}, image_size={self._image_size})"
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def alive(self) -> torch.Tensor | None:
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return self.vq.quantize.embedding.weight.device
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        s = self._image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise ConfigError(f"images must be float (B,3,{s},{s}) in [0,1], got shape {tuple(images.shape)}")
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        h, w = self._grid
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != (h, w):
+            raise ConfigError(f"codes must be long (B,{h},{w}), got shape {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
+            raise ConfigError(f"codes must lie in [0, {self.vocab_size}), got range [{int(codes.min())}, "
+                              f"{int(codes.max())}]")

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ModelError
-from ._hf_common import (PixelRange, check_sampling_args, checkpoint_dir, config_id, load_prefixed_state, offline,
-                         pick_device, pick_dtype, seeded, weights_digest)
+from ._hf_common import (HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir, config_id,
+                         load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
 
 __all__ = ["Emu3Tokenizer", "Emu3Generator", "VisualTokenMap", "load_emu3", "load_emu3_tokenizer", "DEFAULT_IMAGE_SIZE",
            "parse_spec_path"]
@@ -97,7 +97,7 @@ class VisualTokenMap:
         return out
 
 
-class Emu3Tokenizer:
+class Emu3Tokenizer(HFVQTokenizer):
     """The Emu3 VQ (Euclidean quantiser, spatial factor 8) as a guard `Tokenizer` at one square image size.
 
     Args:
@@ -118,39 +118,15 @@ class Emu3Tokenizer:
         self.batch_size = int(batch_size)
         self._id = f"emu3-vq-{int(vq.config.codebook_size)}@{digest[:12]}"
 
-    def __repr__(self) -> str:
-        return f"Emu3Tokenizer(id={self._id!r}, grid={self._grid}, image_size={self._image_size})"
-
-    @property
-    def id(self) -> str:
-        return self._id
-
     @property
     def vocab_size(self) -> int:
         return int(self.vq.config.codebook_size)
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self._grid
-
-    @property
-    def image_size(self) -> int:
-        return self._image_size
-
-    @property
-    def alive(self) -> torch.Tensor | None:
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        return self.vq.quantize.embedding.weight.device
-
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) in [0,1] -> long (B,n,n) codebook ids on the CPU (`Emu3VQVAE.encode`)."""
+        self._check_images(images)
         s = self._image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
-            raise ConfigError(f"images must be float (B,3,{s},{s}) in [0,1], got shape {tuple(images.shape)}")
         out = []
         for i in range(0, len(images), self.batch_size):
             x = self.pixels.to_model(images[i:i + self.batch_size].to(self.device))
@@ -162,12 +138,7 @@ class Emu3Tokenizer:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B,n,n) codebook ids -> float (B,3,S,S) in [0,1] on the CPU."""
-        h, w = self._grid
-        if codes.ndim != 3 or tuple(codes.shape[1:]) != (h, w):
-            raise ConfigError(f"codes must be long (B,{h},{w}), got shape {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
-            raise ConfigError(f"codes must lie in [0, {self.vocab_size}), got range [{int(codes.min())}, "
-                              f"{int(codes.max())}]")
+        self._check_codes(codes)
         out = [self.pixels.to_unit(self.vq.decode(codes[i:i + self.batch_size].to(self.device)).float()).cpu()
                for i in range(0, len(codes), self.batch_size)]
         s = self._image_size

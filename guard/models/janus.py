@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ModelError
-from ._hf_common import (PixelRange, check_sampling_args, checkpoint_dir, config_id, load_prefixed_state, offline,
-                         pick_device, pick_dtype, seeded, weights_digest)
+from ._hf_common import (HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir, config_id,
+                         load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
 
 __all__ = ["JanusTokenizer", "JanusGenerator", "load_janus", "load_janus_tokenizer", "LAYOUTS"]
 
@@ -44,7 +44,7 @@ LAYOUTS = ("2B", "B")
 _VQ_PREFIXES = ("model.vqmodel.", "vqmodel.")
 
 
-class JanusTokenizer:
+class JanusTokenizer(HFVQTokenizer):
     """The Janus VQ (codebook V x 8, L2-normalised) as a guard `Tokenizer`: (B,3,S,S) in [0,1] <-> (B,n,n).
 
     Args:
@@ -64,45 +64,9 @@ class JanusTokenizer:
         self._image_size = n * factor
         self._id = f"janus-vq-{int(vq.config.num_embeddings)}@{digest[:12]}"
 
-    def __repr__(self) -> str:
-        return f"JanusTokenizer(id={self._id!r}, grid={self._grid}, image_size={self._image_size})"
-
-    @property
-    def id(self) -> str:
-        return self._id
-
     @property
     def vocab_size(self) -> int:
         return int(self.vq.config.num_embeddings)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self._grid
-
-    @property
-    def image_size(self) -> int:
-        return self._image_size
-
-    @property
-    def alive(self) -> torch.Tensor | None:
-        return None
-
-    @property
-    def device(self) -> torch.device:
-        return self.vq.quantize.embedding.weight.device
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        s = self._image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, s, s):
-            raise ConfigError(f"images must be float (B,3,{s},{s}) in [0,1], got shape {tuple(images.shape)}")
-
-    def _check_codes(self, codes: torch.Tensor) -> None:
-        h, w = self._grid
-        if codes.ndim != 3 or tuple(codes.shape[1:]) != (h, w):
-            raise ConfigError(f"codes must be long (B,{h},{w}), got shape {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
-            raise ConfigError(f"codes must lie in [0, {self.vocab_size}), got range [{int(codes.min())}, "
-                              f"{int(codes.max())}]")
 
     @torch.inference_mode()
     def latents(self, images: torch.Tensor) -> torch.Tensor:
