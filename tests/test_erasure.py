@@ -47,6 +47,37 @@ def test_small_erasure_lowers_the_concept_rate(gen, judge, erased_red):
     assert after <= before - 0.2, (before, after)
 
 
+def _non_target_drift(gen, module, prompts, seed=23):
+    """Relative MSE of a student's last hidden states against the base model's on the base's own rollouts."""
+    from guard.erasure.ear import ReferenceEarModel
+
+    model = ReferenceEarModel(gen)
+    codes = gen.generate(prompts, n=1, seed=seed).flatten(1)
+    text = model.encode_prompts(prompts)
+    with torch.no_grad():
+        h0 = model.image_hidden(gen.gpt, text, codes)
+        h1 = model.image_hidden(module, text, codes)
+    return float((h1 - h0).pow(2).mean() / h0.pow(2).mean())
+
+
+def test_preservation_keeps_non_target_prompts_closer_and_still_erases(gen, judge, erased_red, tmp_path):
+    from dataclasses import replace
+
+    from guard.erasure.pairs import non_target_prompts
+
+    red, blue = check_pair("red", "blue")
+    kept = erase(gen, "red", "blue", replace(SMALL, preserve=4.0), out=tmp_path / "keep.safetensors", judge=judge)
+    assert kept.card["preserve"] == 4.0 and kept.card["preserve_prompts"] == SMALL.preserve_prompts
+    assert any("preserve_loss" in e for e in kept.log)
+    others = non_target_prompts([red, blue], 24, seed=77)  # not the training preservation prompts (other seed)
+    plain, preserved = _non_target_drift(gen, erased_red.module, others), _non_target_drift(gen, kept.module, others)
+    print(f"non-target hidden-state drift: plain {plain:.4f}, preserve {preserved:.4f}")
+    assert preserved < 0.7 * plain, (plain, preserved)
+    prompts = eval_prompts(red, blue, 24, 1, seed=5).target
+    before, after = concept_rate(gen, judge, prompts, red), concept_rate(load_erased(gen, kept.delta_path), judge, prompts, red)
+    assert after <= before - 0.2, (before, after)
+
+
 def test_delta_holds_only_changed_attention_tensors(gen, erased_red):
     tensors, card = read_delta(erased_red.delta_path)
     allowed = {f"blocks.{i}.{m}.{p}" for i in SMALL.layers for m in ("qkv", "proj") for p in ("weight", "bias")}
@@ -120,7 +151,8 @@ def test_prompt_forms_keep_held_out_synonyms_out_of_training():
 
 
 def test_bad_ear_settings_are_rejected():
-    for kwargs in ({"window": 0}, {"mu": -1.0}, {"eta": float("inf")}, {"layers": ()}, {"lr": 0.0}, {"epochs": 0}):
+    for kwargs in ({"window": 0}, {"mu": -1.0}, {"eta": float("inf")}, {"layers": ()}, {"lr": 0.0}, {"epochs": 0},
+                   {"preserve": -1.0}, {"preserve": float("nan")}, {"preserve_prompts": 0}):
         with pytest.raises(ConfigError):
             EarConfig(**kwargs)
 

@@ -57,6 +57,9 @@ def train(
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Candidate prompt pairs before the "
                                                                         "visual filter.")] = 64,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts, rollouts and shuffling.")] = 0,
+    preserve: Annotated[float, typer.Option("--preserve", min=0.0, help="Weight of the loss that keeps non-target "
+                                                                        "prompts' hidden states (0 = EAR as "
+                                                                        "published).")] = 0.0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing delta file.")] = False,
 ) -> None:
@@ -73,10 +76,10 @@ def train(
         if out.exists() and not force:
             raise ConfigError(f"{out} already exists; pass --force to overwrite it")
         config = EarConfig(window=window, mu=None if no_tlm else mu, eta=eta, layers=_layers(layers), lr=lr,
-                           epochs=epochs, candidates=candidates, seed=seed)
+                           epochs=epochs, candidates=candidates, seed=seed, preserve=preserve)
         gen = load(model)
         info(f"erasing {concept!r} -> {replacement!r} from {gen.id} (W={window}, mu={config.mu}, eta={eta}, "
-             f"layers={list(config.layers)})")
+             f"layers={list(config.layers)}, preserve={preserve:g})")
         t0 = time.time()
 
         def progress(ev: dict) -> None:
