@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from guard.erasure import EarConfig, load_erased, save_delta, changed_tensors  # noqa: E402
-from guard.erasure.ear import ear_model_for, train_ear  # noqa: E402
+from guard.erasure.ear import ear_model_for, preservation_rollouts, train_ear  # noqa: E402
 from guard.erasure.evaluate import Variant, evaluate_erasure  # noqa: E402
 from guard.erasure.pairs import ReferenceJudge, check_pair  # noqa: E402
 from guard.erasure.steer import ConceptSteering  # noqa: E402
@@ -59,12 +59,12 @@ def timed_train(cmd: list[str], logs: Path) -> dict:
             "cpu_user_s": round(usage.ru_utime, 1), "stdout": out.strip(), "stderr_tail": err.strip().splitlines()[-3:]}
 
 
-def child_erase(concept: str, replacement: str, delta: str, *, seed: int, threads: int) -> None:
+def child_erase(concept: str, replacement: str, delta: str, *, seed: int, threads: int, preserve: float) -> None:
     """One erasure exactly as `guard erase train` runs it; also saves the kept pairs for the ablations."""
     from guard.erasure import erase
 
     torch.set_num_threads(threads)
-    result = erase(load("reference"), concept, replacement, EarConfig(seed=seed), out=delta)
+    result = erase(load("reference"), concept, replacement, EarConfig(seed=seed, preserve=preserve), out=delta)
     torch.save(result.pairs, Path(delta).with_suffix(".pairs.pt"))
 
 
@@ -79,10 +79,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/erasure.json")
     p.add_argument("--ablations", default="no-tlm,no-wga",
                    help="comma-separated subset of no-tlm,no-wga ('' for none); no-wga (W=1) costs ~16x EAR's compute")
+    p.add_argument("--preserve", type=float, default=0.0,
+                   help="EarConfig.preserve for EAR and its ablations (0 = EAR as published)")
     p.add_argument("--child-erase", nargs=3, metavar=("CONCEPT", "REPLACEMENT", "DELTA"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child_erase:
-        return child_erase(*args.child_erase, seed=args.seed, threads=args.threads)
+        return child_erase(*args.child_erase, seed=args.seed, threads=args.threads, preserve=args.preserve)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     base = load("reference")
@@ -90,22 +92,24 @@ def main() -> None:
     results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
-               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "concepts": {}}
+               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "preserve": args.preserve,
+               "concepts": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
-        if previous.get("base_model") == base.id and previous.get("n_per_set") == args.n:
+        if (previous.get("base_model") == base.id and previous.get("n_per_set") == args.n
+                and previous.get("preserve", 0.0) == args.preserve):
             results["concepts"] = previous.get("concepts", {})
     for spec in args.concepts.split(","):
         concept, replacement = spec.split(":")
         c, r = check_pair(concept, replacement)
-        work = args.work / f"{c.name}-{base.id.replace('@', '_')}"
+        work = args.work / (f"{c.name}-{base.id.replace('@', '_')}" + (f"-preserve{args.preserve:g}" if args.preserve else ""))
         work.mkdir(parents=True, exist_ok=True)
         entry = results["concepts"].setdefault(c.name, {"replacement": r.name})
         delta = work / "ear.safetensors"
         if "erasure_cost" not in entry or not delta.exists():
             log(f"{c.name}: one EAR erasure (filter + training + delta) in a timed child process")
             cost = timed_train([sys.executable, __file__, "--child-erase", c.name, r.name, str(delta),
-                                "--seed", str(args.seed), "--threads", "2"], work)
+                                "--seed", str(args.seed), "--threads", "2", "--preserve", str(args.preserve)], work)
             cost["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
             entry["erasure_cost"] = cost
             entry["card"] = json.loads(delta.with_suffix(".json").read_text())
@@ -114,7 +118,8 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2) + "\n")  # partial: the cost survives an interrupted eval
         variants = [Variant("ear", load_erased(base, delta), description="EAR (WGA + TLM)")]
         wanted = [a for a in args.ablations.split(",") if a]
-        ablations = {"no-tlm": EarConfig(seed=args.seed, mu=None), "no-wga": EarConfig(seed=args.seed, window=1)}
+        ablations = {"no-tlm": EarConfig(seed=args.seed, mu=None, preserve=args.preserve),
+                     "no-wga": EarConfig(seed=args.seed, window=1, preserve=args.preserve)}
         for a in wanted:
             if a not in ablations:
                 raise SystemExit(f"unknown ablation {a!r}; choose from {sorted(ablations)}")
@@ -125,7 +130,8 @@ def main() -> None:
                 if not path.exists():
                     t0 = time.time()
                     model = ear_model_for(base)
-                    student, tlog = train_ear(model, kept, cfg)
+                    keep = preservation_rollouts(base, c, r, cfg) if cfg.preserve > 0 else []
+                    student, tlog = train_ear(model, kept, cfg, preserve=keep)
                     card = {"concept": c.name, "replacement": r.name, "base_model": base.id, "ablation": name,
                             "window": cfg.window, "mu": cfg.mu, "eta": cfg.eta, "layers": list(cfg.layers),
                             "epochs": cfg.epochs, "seed": cfg.seed, "steps": tlog[-1]["step"],
