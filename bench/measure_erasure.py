@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/erasure.json")
     p.add_argument("--ablations", default="no-tlm,no-wga",
                    help="comma-separated subset of no-tlm,no-wga ('' for none); no-wga (W=1) costs ~16x EAR's compute")
-    p.add_argument("--preserve", type=float, default=0.0,
+    p.add_argument("--preserve", type=float, default=4.0,
                    help="EarConfig.preserve for EAR and its ablations (0 = EAR as published)")
     p.add_argument("--child-erase", nargs=3, metavar=("CONCEPT", "REPLACEMENT", "DELTA"), help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -16,8 +16,10 @@ from guard.erasure.pairs import FORMS, ReferenceJudge, check_pair, swap_concept,
 from guard.models.reference import load_classifier
 from guard.models.reference.shapes import parse_prompt
 
-# The budget measured on the shipped weights (reference-gpt@f94059e5158b): red rate 0.96 -> 0.13 on these prompts.
-SMALL = EarConfig(candidates=16, epochs=2, min_pairs=4, seed=0, lr=1e-4, mu=0.001)
+# The budget measured on reference-gpt@f94059e5158b (red rate 0.96 -> 0.13 on these prompts); it still passes on
+# the retrained reference-gpt@b6db181a6700.
+# Plain EAR (no preservation term); the preservation test below adds it.
+SMALL = EarConfig(candidates=16, epochs=2, min_pairs=4, seed=0, lr=1e-4, mu=0.001, preserve=0.0)
 
 
 @pytest.fixture(scope="module")

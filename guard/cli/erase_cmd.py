@@ -59,7 +59,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts, rollouts and shuffling.")] = 0,
     preserve: Annotated[float, typer.Option("--preserve", min=0.0, help="Weight of the loss that keeps non-target "
                                                                         "prompts' hidden states (0 = EAR as "
-                                                                        "published).")] = 0.0,
+                                                                        "published).")] = 4.0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing delta file.")] = False,
 ) -> None:

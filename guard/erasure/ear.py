@@ -15,10 +15,12 @@ accumulated into one backward and one optimiser step. Thresholded Loss Masking (
 whose loss is <= μ is masked out; when every rollout of the batch is masked the step is skipped.
 `window=1` is EAR without WGA (a step per position) and `mu=None` EAR without TLM.
 
-Preservation (`preserve` > 0, guard's addition; EAR itself has none): prompts that name neither concept
-nor replacement, with rollouts of the original model, are trained in the same windows to keep their
-hidden states, h_θ(p, x<t) ≈ h*(p, x<t), weighted by `preserve`. On the reference model, plain EAR on a
-colour also moved every other colour (non-target colour adherence 0.81 -> 0.22, bench/results).
+Preservation (guard's addition, on by default; `preserve=0` is EAR as published): prompts that name
+neither concept nor replacement, with rollouts of the original model, are trained in the same windows to
+keep their hidden states, h_θ(p, x<t) ≈ h*(p, x<t), weighted by `preserve`. On the reference model,
+plain EAR on "red" also erased every other colour (non-target colour adherence 0.80 -> 0.10, shape
+0.70 -> 0.45); with preserve=4 the red rate still fell 0.97 -> 0.02 and non-target adherence stayed at
+0.82 / 0.68 (256 images per set, bench/results/erasure*.json).
 
     >>> from guard.models import load
     >>> from guard.erasure import EarConfig, erase
@@ -226,7 +228,7 @@ class EarConfig:
     min_pairs: int = 4
     cfg: float = 3.0
     seed: int = 0
-    preserve: float = 0.0
+    preserve: float = 4.0
     preserve_prompts: int = 32
 
     def __post_init__(self) -> None:
@@ -275,7 +277,8 @@ def train_ear(model: EarModel, pairs: Sequence[PromptPair], config: EarConfig,
     """Fine-tune a copy of `model.module` on kept pairs (each with rollout `codes`). Returns (student, log).
 
     `preserve`: (prompt, rollout codes) of non-target prompts whose hidden states are kept, weighted by
-    `config.preserve` (both must be given for the term to apply).
+    `config.preserve`; the term applies only when both are given (`erase` draws the rollouts with
+    `preservation_rollouts`; a bare call without them trains EAR as published).
     """
     if any(p.codes is None for p in pairs):
         raise ConfigError("every training pair needs its rollout codes (use filter_pairs)")
@@ -306,9 +309,7 @@ def train_ear(model: EarModel, pairs: Sequence[PromptPair], config: EarConfig,
         hr = torch.cat([model.image_hidden(teacher, text_r[i:i + 32], codes[i:i + 32]) for i in range(0, len(pairs), 32)])
         target = hr - config.eta * (hc - hr)
         scale = hc.pow(2).mean(dim=(1, 2)).clamp_min(1e-12)
-    use_preserve = config.preserve > 0 and len(preserve) > 0
-    if config.preserve > 0 and not preserve:
-        raise ConfigError("preserve > 0 needs non-target (prompt, codes) rollouts")
+    use_preserve = config.preserve > 0 and len(preserve) > 0   # `erase` passes rollouts; bare calls may not
     if use_preserve:
         text_p = model.encode_prompts([p for p, _ in preserve])
         codes_p = torch.stack([c.flatten() for _, c in preserve])
