@@ -49,6 +49,16 @@ def _now() -> str:
 
 
 
+def read_file(path: Path, what: str, error: type[Exception], *, missing_hint: str = "") -> bytes:
+    """Bytes of a file the user named; a missing or unreadable file raises `error` with one line naming `what`."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}{missing_hint}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def read_private_file(path: Path, what: str, error: type[Exception], *, missing_hint: str = "",
                       force: bool = False) -> bytes:
     """Bytes of a secret-bearing file (key, signing key) after refusing one that group/others can access.
@@ -67,10 +77,7 @@ def read_private_file(path: Path, what: str, error: type[Exception], *, missing_
     if os.name == "posix" and mode & 0o077 and not force:
         raise error(f"{what} {path} is readable or writable by group/others (mode {mode:04o}); "
                     f"fix it with `chmod 600 {path}`")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    return read_file(path, what, error, missing_hint=missing_hint)
 
 @dataclass(frozen=True, repr=False)
 class WatermarkKey:

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
-from ..keys import read_private_file
+from ..keys import read_file, read_private_file
 
 __all__ = ["SigningError", "SigningMaterial"]
 
@@ -108,12 +108,7 @@ class SigningMaterial:
             u = urlparse(tsa_url)
             if u.scheme not in ("http", "https") or not u.netloc:
                 raise SigningError(f"--tsa must be an http(s) URL, got {tsa_url!r}")
-        try:
-            chain_pem = chain_path.read_bytes()
-        except FileNotFoundError:
-            raise SigningError(f"certificate chain not found: {chain_path}") from None
-        except OSError as e:
-            raise SigningError(f"cannot read certificate chain {chain_path}: {e.strerror}") from None
+        chain_pem = read_file(chain_path, "certificate chain", SigningError)
         try:
             certs = x509.load_pem_x509_certificates(chain_pem)
         except ValueError:

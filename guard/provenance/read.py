@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ImageError
+from ..keys import read_file
 from .manifest import ALG_ID, parse_alg_params
 
 __all__ = ["ManifestSummary", "ManifestReader", "STATES", "summarize"]
@@ -130,12 +131,7 @@ def _load_anchors(trust_anchors: str | os.PathLike) -> str:
     from cryptography import x509
 
     path = Path(trust_anchors).expanduser()
-    try:
-        pem = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"trust anchors file not found: {path}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read trust anchors {path}: {e.strerror}") from None
+    pem = read_file(path, "trust anchors file", ConfigError)
     try:
         x509.load_pem_x509_certificates(pem)
     except ValueError:
