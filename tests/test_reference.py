@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 
@@ -178,3 +179,30 @@ def test_classifier_reads_rendered_scenes():
     present = y[..., 0] > 0
     assert (pred[..., 0] == y[..., 0]).float().mean() > 0.97
     assert (pred[..., 1] == y[..., 1])[present].float().mean() > 0.97
+
+
+def test_object_token_weights_cover_the_objects_and_only_them():
+    from guard.models.reference.shapes import render, sample_scene, scene_labels
+    from guard.models.reference.train import object_token_weights
+
+    scenes = [sample_scene(s) for s in range(40)]
+    w = object_token_weights(np.stack([scene_labels(s) for s in scenes]), 4.0)
+    assert w.shape == (40, 256) and set(torch.unique(w).tolist()) <= {1.0, 4.0}
+    for scene, row in zip(scenes, w):
+        # every token whose 4x4 pixel patch differs from the background-only render is weighted
+        img = torch.from_numpy(np.asarray(render(scene), dtype=np.float32))
+        bare = torch.from_numpy(np.asarray(render(dataclasses.replace(scene, objects=())), dtype=np.float32))
+        touched = (img - bare).abs().amax(-1).view(16, 4, 16, 4).amax((1, 3)).flatten() > 0
+        assert bool((row[touched] == 4.0).all())
+        assert float((row == 4.0).float().mean()) < 0.6  # the background keeps weight 1
+
+
+def test_batch_indices_draw_the_asked_fraction_from_each_pool():
+    from guard.models.reference.train import batch_indices
+
+    gen = torch.Generator().manual_seed(0)
+    pools = (torch.arange(0, 40), torch.arange(40, 100))
+    sel = batch_indices(gen, 32, 100, pools, 0.75)
+    assert len(sel) == 32 and int((sel < 40).sum()) == 24
+    assert len(batch_indices(gen, 32, 100)) == 32 and int(batch_indices(gen, 32, 100).max()) < 100
+    assert int((batch_indices(gen, 32, 100, pools, 1.0) < 40).sum()) == 32

@@ -416,6 +416,16 @@ def object_token_weights(labels: np.ndarray, weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * m.flatten(1).float()
 
 
+def batch_indices(gen: torch.Generator, batch: int, n: int, pools: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  frac: float | None = None) -> torch.Tensor:
+    """Indices of one training batch: uniform over `n`, or `round(frac * batch)` from `pools[0]`, the rest from `pools[1]`."""
+    if pools is None:
+        return torch.randint(0, n, (batch,), generator=gen)
+    k = int(round(batch * frac))
+    return torch.cat([pool[torch.randint(0, len(pool), (m,), generator=gen)]
+                      for pool, m in zip(pools, (k, batch - k)) if m > 0])
+
+
 def train_gpt(args) -> None:
     from .gpt import GPTConfig, ShapesGPT, null_prompt, tokenize_prompts
 
@@ -426,10 +436,19 @@ def train_gpt(args) -> None:
     text = tokenize_prompts([str(p) for p in d["prompts"]])
     log(f"gpt: {len(codes)} sequences")
     weights = None
-    if args.object_weight != 1.0:
+    multi = None
+    if args.object_weight != 1.0 or args.multi_object_frac is not None:
         _, labels, _ = cached_dataset(args.workdir, 0, len(codes), "train")
-        weights = object_token_weights(labels, args.object_weight)
-        log(f"gpt: object tokens weighted x{args.object_weight} ({float((weights > 1).float().mean()):.3f} of tokens)")
+        if args.object_weight != 1.0:
+            weights = object_token_weights(labels, args.object_weight)
+            log(f"gpt: object tokens weighted x{args.object_weight} ({float((weights > 1).float().mean()):.3f} of tokens)")
+        if args.multi_object_frac is not None:
+            if not 0.0 <= args.multi_object_frac <= 1.0:
+                raise SystemExit(f"--multi-object-frac must be in [0, 1], got {args.multi_object_frac}")
+            is_multi = torch.from_numpy((np.asarray(labels)[..., 0] > 0).sum(1) > 1)
+            multi = (torch.nonzero(is_multi).flatten(), torch.nonzero(~is_multi).flatten())
+            log(f"gpt: batches {args.multi_object_frac:.2f} two-object scenes "
+                f"(data: {float(is_multi.float().mean()):.2f})")
     vq_cfg = vq_config_from_card(Path(args.out))
     model = ShapesGPT(GPTConfig(vocab_size=vq_cfg.codebook_size,
                                 code_levels=vq_cfg.levels if vq_cfg.quantizer == "fsq" else ()))
@@ -444,7 +463,7 @@ def train_gpt(args) -> None:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
-        sel = torch.randint(0, len(codes), (args.batch,), generator=gen)
+        sel = batch_indices(gen, args.batch, len(codes), multi, args.multi_object_frac)
         c, t = codes[sel], text[sel].clone()
         drop = torch.rand(args.batch, generator=gen) < 0.1
         t[drop] = null_prompt(int(drop.sum()))
@@ -471,6 +490,7 @@ def train_gpt(args) -> None:
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
         "n_train": len(codes), "final_train_loss": round(loss.item(), 4), "precision": "bf16 autocast",
+        "object_weight": args.object_weight, "multi_object_frac": args.multi_object_frac,
         "wall_time_s": round(time.time() - t0, 1),
     })
 
@@ -504,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
     # GPT
+    p.add_argument("--multi-object-frac", type=float, default=None,
+                   help="gpt: fraction of each batch drawn from two-object scenes (default: as in the data, 0.4); "
+                        "two-object prompts are where the generator binds shapes to the wrong position")
     p.add_argument("--object-weight", type=float, default=1.0,
                    help="gpt: loss weight on the tokens around the objects (1 = plain cross-entropy)")
     return p
