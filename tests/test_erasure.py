@@ -173,3 +173,15 @@ def test_cli_errors_exit_2(tmp_path, monkeypatch):
     res = runner.invoke(app, ["watermark", "generate", "-n", "1", "--out", str(tmp_path / "wm"),
                               "--erased", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 2 and "erasure delta not found" in " ".join(res.stderr.split())
+
+
+def test_cli_eval_runs_anchored_steering(tmp_path):
+    from guard.cli import app
+
+    res = CliRunner().invoke(app, ["erase", "eval", "--concept", "circle", "--replacement", "square", "-n", "3",
+                                   "--steer", "2", "--steer-anchor", "a square", "--out", str(tmp_path / "ev"),
+                                   "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert {r["variant"] for r in report["rows"]} == {"original", "steer:2-anchored"}
+    assert (tmp_path / "ev" / "grid.png").stat().st_size > 0

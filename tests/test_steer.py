@@ -73,3 +73,25 @@ def test_joining_mid_generation_is_an_error(gen):
     steer = ConceptSteering(gen, {"a circle": 1.0})
     with pytest.raises(ConfigError, match="step 5"):
         steer(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 1024))
+
+
+def test_anchor_replaces_the_null_prompt_in_the_direction(gen):
+    codes = gen.generate(PROMPTS[:1], n=2, seed=8).flatten(1)
+    text = torch.cat([tokenize_prompts(["a circle"] * 2), tokenize_prompts(["a red shape"] * 2),
+                      tokenize_prompts(["a square"] * 2), null_prompt(2)])
+    with torch.no_grad():
+        tf = gen.gpt(text, torch.cat([codes] * 4)[:, :3]).float()
+    steer = ConceptSteering(gen, {"a circle": 2.0, "a red shape": 0.5}, anchors={"a circle": "a square"})
+    scores = torch.randn(2, gen.tokenizer.vocab_size)
+    for t in range(3):
+        want = scores - 2.0 * (tf[0:2, t] - tf[4:6, t]) - 0.5 * (tf[2:4, t] - tf[6:8, t])
+        torch.testing.assert_close(steer(codes[:, :t], scores), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("anchors, match", [({"a disc": "a square"}, "not one of the concepts"),
+                                            ({"a circle": ""}, "non-empty prompt"),
+                                            ({"a circle": "a circle"}, "other than the concept"),
+                                            (["a square"], "must map")])
+def test_bad_anchors_are_rejected(gen, anchors, match):
+    with pytest.raises(ConfigError, match=match):
+        ConceptSteering(gen, {"a circle": 1.0}, anchors=anchors)

@@ -109,6 +109,9 @@ def evaluate(
                                                                       "(repeatable).")] = None,
     steer_prompt: Annotated[str | None, typer.Option("--steer-prompt", help="Concept prompt for steering "
                                                                             "(default 'a <concept>').")] = None,
+    steer_anchor: Annotated[str | None, typer.Option(
+        "--steer-anchor", help="Anchor prompt for steering, replacing the null prompt in the direction "
+                               "(e.g. 'a <replacement>'; default: none).")] = None,
     n: Annotated[int, typer.Option("-n", "--n", min=3, help="Images per prompt set (target and non-target).")] = 256,
     model: ModelOpt = "reference",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts and sampling.")] = 0,
@@ -134,8 +137,11 @@ def evaluate(
         variants = [Variant(f"ear:{p.stem}", load_erased(base, p)) for p in (erased or [])]
         prompt = steer_prompt or f"a {c.name}"
         for eta in steer or []:
-            variants.append(Variant(f"steer:{eta:g}", base, lambda g, eta=eta: [ConceptSteering(g, {prompt: eta})],
-                                    f"ConceptSteering({prompt!r}: {eta:g})"))
+            anchors = {prompt: steer_anchor} if steer_anchor else None
+            variants.append(Variant(f"steer:{eta:g}" + ("-anchored" if anchors else ""), base,
+                                    lambda g, eta=eta: [ConceptSteering(g, {prompt: eta}, anchors=anchors)],
+                                    f"ConceptSteering({prompt!r}: {eta:g}"
+                                    + (f", anchor {steer_anchor!r})" if anchors else ")")))
         report = evaluate_erasure(base, variants, concept, replacement, n_target=n, n_non_target=n, seed=seed,
                                   cfg=cfg, out_dir=out, cache_dir=out / "cache", log=info)
         table = Table(title=f"erase {report['concept']} -> {report['replacement']} (n={n} per set)")

@@ -6,6 +6,11 @@ prompt, and moves the logits away from the concept's guidance direction:
 
     l  <-  l − Σ_k η_k · (l_concept_k − l_uncond)
 
+An *anchor* prompt per concept (e.g. the replacement, "a square" for "a circle") takes the place of the
+null prompt in that concept's direction, l_concept_k − l_anchor_k: what the concept adds over its
+replacement rather than over nothing. The null-prompt direction also carries "there is an object here",
+and pushing away from it removes objects of every kind (measured in the README's erasure table).
+
 In the B layout (scores after guidance) this is applied to the guided scores; in the 2B layout (cond rows
 then uncond rows, before guidance) the same vector is subtracted from both rows of an image, and since
 guidance u + s(c − u) has weights summing to 1 the guided result is identical. η = 0 is an exact no-op
@@ -16,6 +21,7 @@ guidance u + s(c − u) has weights summing to 1 the guided result is identical.
     >>> gen = load("reference")
     >>> steer = ConceptSteering(gen, {"a circle": 4.0, "a red shape": 2.0})
     >>> codes = gen.generate(["a big red disc in the upper left"], n=4, seed=0, logits_processor=[steer])
+    >>> swap = ConceptSteering(gen, {"a circle": 4.0}, anchors={"a circle": "a square"})
 """
 
 from __future__ import annotations
@@ -165,11 +171,13 @@ def concept_stream_for(generator) -> ConceptStream:
 
 
 class ConceptSteering(LogitsProcessor):
-    r"""Steer image-token logits away from one or several concepts: `l − Σ η_k (l_concept_k − l_uncond)`.
+    r"""Steer image-token logits away from one or several concepts: `l − Σ η_k (l_concept_k − l_anchor_k)`.
 
     Args:
         generator: the generator being sampled (its network runs the concept and null prompts).
         concepts (`Mapping[str, float]`): concept prompt -> η (finite, >= 0), e.g. {"a circle": 4.0}.
+        anchors (`Mapping[str, str]`, *optional*): concept prompt -> anchor prompt whose logits replace the
+            null prompt's in that concept's direction (default: every concept uses the null prompt).
         stream (`ConceptStream`, *optional*): overrides the stream built from `generator`.
 
     Shapes: `input_ids` long (B, t), the image codes sampled so far (t grows by one per call; t = 0 or a
@@ -179,7 +187,8 @@ class ConceptSteering(LogitsProcessor):
 
     supports_continuous_batching = False
 
-    def __init__(self, generator, concepts: Mapping[str, float], *, stream: ConceptStream | None = None) -> None:
+    def __init__(self, generator, concepts: Mapping[str, float], *, anchors: Mapping[str, str] | None = None,
+                 stream: ConceptStream | None = None) -> None:
         if not isinstance(concepts, Mapping) or not concepts:
             raise ConfigError("concepts must be a non-empty mapping of concept prompt -> eta, e.g. {'a circle': 4.0}")
         for prompt, eta in concepts.items():
@@ -187,10 +196,25 @@ class ConceptSteering(LogitsProcessor):
                 raise ConfigError(f"concept prompt must be a non-empty string, got {prompt!r}")
             if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
                 raise ConfigError(f"eta for {prompt!r} must be a finite number >= 0, got {eta!r}")
+        if anchors is not None and not isinstance(anchors, Mapping):
+            raise ConfigError("anchors must map concept prompts to anchor prompts, e.g. {'a circle': 'a square'}")
+        anchors = dict(anchors or {})
+        for prompt, anchor in anchors.items():
+            if prompt not in concepts:
+                raise ConfigError(f"anchor given for {prompt!r}, which is not one of the concepts")
+            if not isinstance(anchor, str) or not anchor.strip() or anchor == prompt:
+                raise ConfigError(f"anchor for {prompt!r} must be a non-empty prompt other than the concept, "
+                                  f"got {anchor!r}")
         self.concepts = {p: float(e) for p, e in concepts.items()}
+        self.anchors = anchors
         self._active = [(p, e) for p, e in self.concepts.items() if e != 0.0]
         self.stream = stream if stream is not None else (concept_stream_for(generator) if self._active else None)
         self._etas = torch.tensor([e for _, e in self._active]).view(-1, 1, 1)
+        # stream rows: the active concepts, then each distinct anchor they use, then the null prompt ""
+        active = [p for p, _ in self._active]
+        extra = [a for a in dict.fromkeys(anchors[p] for p in active if p in anchors) if a not in active]
+        self._prompts = active + extra + [""]
+        self._base_rows = torch.tensor([self._prompts.index(anchors.get(p, "")) for p in active], dtype=torch.long)
         self._logits: torch.Tensor | None = None
         self._batch = -1
         self._t = -1
@@ -205,7 +229,7 @@ class ConceptSteering(LogitsProcessor):
             if t != 0:
                 raise ConfigError(f"ConceptSteering joined a generation at step {t}; it must see every step from "
                                   f"the first image token (use a fresh processor per generate call)")
-            self._logits = self.stream.start([p for p, _ in self._active] + [""], b)
+            self._logits = self.stream.start(self._prompts, b)
             self._batch = b
         elif t == self._t + 1:
             self._logits = self.stream.step(input_ids[:, -1])
@@ -215,12 +239,12 @@ class ConceptSteering(LogitsProcessor):
         return self._logits
 
     def direction(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Σ η_k (l_concept_k − l_uncond) for the current step: (B, V)."""
+        """Σ η_k (l_concept_k − l_anchor_k) for the current step (anchor = null prompt by default): (B, V)."""
         logits = self._advance(input_ids)
         b = input_ids.shape[0]
-        per = logits.view(len(self._active) + 1, b, -1)
-        concept, uncond = per[:-1], per[-1:]
-        return (self._etas.to(logits.dtype) * (concept - uncond)).sum(0)
+        per = logits.view(len(self._prompts), b, -1)
+        concept, base = per[:len(self._active)], per[self._base_rows]
+        return (self._etas.to(logits.dtype) * (concept - base)).sum(0)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Args: input_ids long (B, t); scores float (B, V) or (2B, V). Returns new scores, same shape."""
@@ -235,4 +259,4 @@ class ConceptSteering(LogitsProcessor):
         return scores - (torch.cat([d, d]) if rows == 2 * b else d)
 
     def __repr__(self) -> str:
-        return f"ConceptSteering({self.concepts})"
+        return f"ConceptSteering({self.concepts}" + (f", anchors={self.anchors})" if self.anchors else ")")
