@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--concepts", default="circle:square,red:blue")
     p.add_argument("--n", type=int, default=256, help="images per prompt set (target, non-target) per variant")
     p.add_argument("--steer-eta", type=float, default=3.0)
+    p.add_argument("--steer-anchored-eta", type=float, default=None,
+                   help="also evaluate ConceptSteering anchored on the replacement ('a <replacement>') at this eta")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/guard-erasure-bench"))
@@ -92,7 +94,7 @@ def main() -> None:
     results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
-               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "preserve": args.preserve,
+               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "steer_anchored_eta": args.steer_anchored_eta, "preserve": args.preserve,
                "concepts": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -144,6 +146,12 @@ def main() -> None:
         variants.append(Variant(f"steer-{args.steer_eta:g}", base,
                                 lambda g, prompt=prompt: [ConceptSteering(g, {prompt: args.steer_eta})],
                                 f"ConceptSteering({prompt!r}: {args.steer_eta:g})"))
+        if args.steer_anchored_eta is not None:
+            anchor, eta = STEER_PROMPT.format(concept=r.name), args.steer_anchored_eta
+            variants.append(Variant(f"steer-anchored-{eta:g}", base,
+                                    lambda g, prompt=prompt, anchor=anchor, eta=eta:
+                                    [ConceptSteering(g, {prompt: eta}, anchors={prompt: anchor})],
+                                    f"ConceptSteering({prompt!r}: {eta:g}, anchor {anchor!r})"))
         t0 = time.time()
         report = evaluate_erasure(base, variants, c.name, r.name, n_target=args.n, n_non_target=args.n,
                                   seed=args.seed + 1000, judge=judge, out_dir=work / "eval", cache_dir=work / "cache",
