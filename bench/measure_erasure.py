@@ -59,12 +59,14 @@ def timed_train(cmd: list[str], logs: Path) -> dict:
             "cpu_user_s": round(usage.ru_utime, 1), "stdout": out.strip(), "stderr_tail": err.strip().splitlines()[-3:]}
 
 
-def child_erase(concept: str, replacement: str, delta: str, *, seed: int, threads: int, preserve: float) -> None:
+def child_erase(concept: str, replacement: str, delta: str, *, seed: int, threads: int, preserve: float,
+                overrides: dict) -> None:
     """One erasure exactly as `guard erase train` runs it; also saves the kept pairs for the ablations."""
     from guard.erasure import erase
 
     torch.set_num_threads(threads)
-    result = erase(load("reference"), concept, replacement, EarConfig(seed=seed, preserve=preserve), out=delta)
+    result = erase(load("reference"), concept, replacement, EarConfig(seed=seed, preserve=preserve, **overrides),
+                   out=delta)
     torch.save(result.pairs, Path(delta).with_suffix(".pairs.pt"))
 
 
@@ -83,10 +85,18 @@ def main() -> None:
                    help="comma-separated subset of no-tlm,no-wga ('' for none); no-wga (W=1) costs ~16x EAR's compute")
     p.add_argument("--preserve", type=float, default=4.0,
                    help="EarConfig.preserve for EAR and its ablations (0 = EAR as published)")
+    p.add_argument("--ear-overrides", default="{}",
+                   help='JSON of EarConfig fields for EAR and its ablations, e.g. \'{"eta": 2.0}\' (chosen on a '
+                        'validation seed, never on this run\'s figures)')
     p.add_argument("--child-erase", nargs=3, metavar=("CONCEPT", "REPLACEMENT", "DELTA"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    overrides = json.loads(args.ear_overrides)
+    if "layers" in overrides:
+        overrides["layers"] = tuple(overrides["layers"])
+    EarConfig(**overrides)  # fail early on a bad field
     if args.child_erase:
-        return child_erase(*args.child_erase, seed=args.seed, threads=args.threads, preserve=args.preserve)
+        return child_erase(*args.child_erase, seed=args.seed, threads=args.threads, preserve=args.preserve,
+                           overrides=overrides)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     base = load("reference")
@@ -95,23 +105,26 @@ def main() -> None:
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
                "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "steer_anchored_eta": args.steer_anchored_eta, "preserve": args.preserve,
-               "concepts": {}}
+               "ear_overrides": json.loads(args.ear_overrides), "concepts": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
         if (previous.get("base_model") == base.id and previous.get("n_per_set") == args.n
-                and previous.get("preserve", 0.0) == args.preserve):
+                and previous.get("preserve", 0.0) == args.preserve
+                and previous.get("ear_overrides", {}) == json.loads(args.ear_overrides)):
             results["concepts"] = previous.get("concepts", {})
     for spec in args.concepts.split(","):
         concept, replacement = spec.split(":")
         c, r = check_pair(concept, replacement)
-        work = args.work / (f"{c.name}-{base.id.replace('@', '_')}" + (f"-preserve{args.preserve:g}" if args.preserve else ""))
+        work = args.work / (f"{c.name}-{base.id.replace('@', '_')}" + (f"-preserve{args.preserve:g}" if args.preserve else "")
+                            + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())).replace(" ", ""))
         work.mkdir(parents=True, exist_ok=True)
         entry = results["concepts"].setdefault(c.name, {"replacement": r.name})
         delta = work / "ear.safetensors"
         if "erasure_cost" not in entry or not delta.exists():
             log(f"{c.name}: one EAR erasure (filter + training + delta) in a timed child process")
             cost = timed_train([sys.executable, __file__, "--child-erase", c.name, r.name, str(delta),
-                                "--seed", str(args.seed), "--threads", "2", "--preserve", str(args.preserve)], work)
+                                "--seed", str(args.seed), "--threads", "2", "--preserve", str(args.preserve),
+                                "--ear-overrides", args.ear_overrides], work)
             cost["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
             entry["erasure_cost"] = cost
             entry["card"] = json.loads(delta.with_suffix(".json").read_text())
@@ -120,8 +133,8 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2) + "\n")  # partial: the cost survives an interrupted eval
         variants = [Variant("ear", load_erased(base, delta), description="EAR (WGA + TLM)")]
         wanted = [a for a in args.ablations.split(",") if a]
-        ablations = {"no-tlm": EarConfig(seed=args.seed, mu=None, preserve=args.preserve),
-                     "no-wga": EarConfig(seed=args.seed, window=1, preserve=args.preserve)}
+        ablations = {"no-tlm": EarConfig(**{"seed": args.seed, "preserve": args.preserve, **overrides, "mu": None}),
+                     "no-wga": EarConfig(**{"seed": args.seed, "preserve": args.preserve, **overrides, "window": 1})}
         for a in wanted:
             if a not in ablations:
                 raise SystemExit(f"unknown ablation {a!r}; choose from {sorted(ablations)}")
