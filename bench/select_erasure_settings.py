@@ -1,0 +1,99 @@
+"""Choose EAR settings and a steering strength on a validation seed, never on the reported prompts.
+
+measure_erasure.py reports on seed 1000 (prompts drawn from seed + 7919); this script evaluates on
+--seed 5000, and its rule is fixed before looking: among the variants of a family (EAR settings; steering)
+whose non-target shape and colour adherence are both >= the original's - 2 points, take the lowest
+concept rate on the validation target prompts. The choice then goes to measure_erasure.py
+(--ear-overrides, --steer-anchored-eta).
+
+    OMP_NUM_THREADS=1 python bench/select_erasure_settings.py --concept circle --replacement square \\
+        --ear default,eta2,pairs64 --out bench/results/erasure_selection_circle.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from guard.erasure import ConceptSteering, EarConfig, erase, load_erased
+from guard.erasure.evaluate import Variant, evaluate_erasure
+from guard.erasure.pairs import ReferenceJudge
+from guard.models import load
+from guard.models.reference import load_classifier
+
+CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
+           "layers4": {"layers": (0, 1, 2, 3)}}
+STEER = [(3.0, False), (3.0, True), (6.0, True)]  # (eta, anchored on 'a <replacement>')
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concept", required=True)
+    p.add_argument("--replacement", required=True)
+    p.add_argument("--ear", default="default,eta2,pairs64", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    p.add_argument("--seed", type=int, default=5000)
+    p.add_argument("--n-target", type=int, default=192)
+    p.add_argument("--n-non-target", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, default=Path("/tmp/guard-erasure-select"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    base, judge = load("reference"), ReferenceJudge(load_classifier())
+    work = args.work / f"{args.concept}-{base.id.replace('@', '_')}"
+    work.mkdir(parents=True, exist_ok=True)
+    variants, families = [], {}
+    for name in [n for n in args.ear.split(",") if n]:
+        path = work / f"{name}.safetensors"
+        if not path.exists():
+            t0 = time.time()
+            erase(base, args.concept, args.replacement, EarConfig(seed=0, **CONFIGS[name]), out=path, judge=judge)
+            log(f"{name} trained in {time.time() - t0:.0f}s")
+        variants.append(Variant(f"ear-{name}", load_erased(base, path)))
+        families.setdefault("ear", []).append(f"ear-{name}")
+    cp, ap = f"a {args.concept}", f"a {args.replacement}"
+    for eta, anchored in STEER:
+        name = f"steer-{'anchored-' if anchored else ''}{eta:g}"
+        variants.append(Variant(name, base, lambda g, eta=eta, anchored=anchored:
+                                [ConceptSteering(g, {cp: eta}, anchors={cp: ap} if anchored else None)]))
+        families.setdefault("steer", []).append(name)
+    report = evaluate_erasure(base, variants, args.concept, args.replacement, n_target=args.n_target,
+                              n_non_target=args.n_non_target, seed=args.seed, judge=judge, out_dir=work / "val",
+                              cache_dir=work / "cache", log=log)
+    val: dict[str, dict] = {}
+    for r in report["rows"]:
+        v = val.setdefault(r["variant"], {})
+        if r["prompt_set"] == "non_target":
+            v["shape"], v["colour"] = r["adherence_shape"], r["adherence_colour"]
+        elif r["prompt_set"] == "target":
+            v["rate"] = r["concept_rate"]
+        else:
+            v[r["prompt_set"]] = r["concept_rate"]
+    orig = val["original"]
+    keeps = lambda v: v["shape"] >= orig["shape"] - 0.02 and v["colour"] >= orig["colour"] - 0.02  # noqa: E731
+    chosen = {}
+    for fam, names in families.items():
+        passing = [n for n in names if keeps(val[n])]
+        chosen[fam] = {"passing": passing,
+                       "chosen": min(passing, key=lambda n: val[n]["rate"]) if passing else None,
+                       "lowest_rate_any": min(names, key=lambda n: val[n]["rate"])}
+    log("chosen " + json.dumps(chosen))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "command": "python bench/select_erasure_settings.py " + " ".join(__import__("sys").argv[1:]),
+        "base_model": base.id, "validation_seed": args.seed, "n_target": args.n_target,
+        "n_non_target": args.n_non_target, "configs": {n: CONFIGS[n] for n in args.ear.split(",") if n},
+        "steering": [{"eta": e, "anchor": ap if a else None} for e, a in STEER],
+        "rule": "among variants of a family with non-target shape and colour >= original - 2 points, the lowest "
+                "validation concept rate", "validation": val, "chosen": chosen}, indent=2, default=list) + "\n")
+
+
+if __name__ == "__main__":
+    main()
