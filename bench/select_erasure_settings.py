@@ -25,7 +25,7 @@ from guard.models import load
 from guard.models.reference import load_classifier
 
 CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
-           "layers4": {"layers": (0, 1, 2, 3)}}
+           "layers4": {"layers": (0, 1, 2, 3)}, "preserve8": {"preserve": 8.0}, "preserve16": {"preserve": 16.0}}
 STEER = [(3.0, False), (3.0, True), (6.0, True)]  # (eta, anchored on 'a <replacement>')
 
 
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--concept", required=True)
     p.add_argument("--replacement", required=True)
     p.add_argument("--ear", default="default,eta2,pairs64", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    p.add_argument("--no-steer", action="store_true", help="evaluate EAR settings only")
     p.add_argument("--seed", type=int, default=5000)
     p.add_argument("--n-target", type=int, default=192)
     p.add_argument("--n-non-target", type=int, default=256)
@@ -59,7 +60,7 @@ def main() -> None:
         variants.append(Variant(f"ear-{name}", load_erased(base, path)))
         families.setdefault("ear", []).append(f"ear-{name}")
     cp, ap = f"a {args.concept}", f"a {args.replacement}"
-    for eta, anchored in STEER:
+    for eta, anchored in ([] if args.no_steer else STEER):
         name = f"steer-{'anchored-' if anchored else ''}{eta:g}"
         variants.append(Variant(name, base, lambda g, eta=eta, anchored=anchored:
                                 [ConceptSteering(g, {cp: eta}, anchors={cp: ap} if anchored else None)]))
@@ -90,7 +91,7 @@ def main() -> None:
         "command": "python bench/select_erasure_settings.py " + " ".join(__import__("sys").argv[1:]),
         "base_model": base.id, "validation_seed": args.seed, "n_target": args.n_target,
         "n_non_target": args.n_non_target, "configs": {n: CONFIGS[n] for n in args.ear.split(",") if n},
-        "steering": [{"eta": e, "anchor": ap if a else None} for e, a in STEER],
+        "steering": [] if args.no_steer else [{"eta": e, "anchor": ap if a else None} for e, a in STEER],
         "rule": "among variants of a family with non-target shape and colour >= original - 2 points, the lowest "
                 "validation concept rate", "validation": val, "chosen": chosen}, indent=2, default=list) + "\n")
 
