@@ -90,7 +90,8 @@ def main() -> None:
                         'validation seed, never on this run\'s figures)')
     p.add_argument("--child-erase", nargs=3, metavar=("CONCEPT", "REPLACEMENT", "DELTA"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    overrides = json.loads(args.ear_overrides)
+    requested = json.loads(args.ear_overrides)  # as given (recorded, compared with a previous run)
+    overrides = dict(requested)
     if "layers" in overrides:
         overrides["layers"] = tuple(overrides["layers"])
     EarConfig(**overrides)  # fail early on a bad field
@@ -105,12 +106,12 @@ def main() -> None:
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
                "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "steer_anchored_eta": args.steer_anchored_eta, "preserve": args.preserve,
-               "ear_overrides": json.loads(args.ear_overrides), "concepts": {}}
+               "ear_overrides": requested, "concepts": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
         if (previous.get("base_model") == base.id and previous.get("n_per_set") == args.n
                 and previous.get("preserve", 0.0) == args.preserve
-                and previous.get("ear_overrides", {}) == json.loads(args.ear_overrides)):
+                and previous.get("ear_overrides", {}) == requested):
             results["concepts"] = previous.get("concepts", {})
     for spec in args.concepts.split(","):
         concept, replacement = spec.split(":")

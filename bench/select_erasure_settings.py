@@ -23,6 +23,7 @@ from guard.erasure.evaluate import Variant, evaluate_erasure
 from guard.erasure.pairs import ReferenceJudge
 from guard.models import load
 from guard.models.reference import load_classifier
+from measure_erasure import STEER_PROMPT, summarize  # bench/ is on sys.path when run as a script
 
 CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
            "layers4": {"layers": (0, 1, 2, 3)}, "preserve8": {"preserve": 8.0}, "preserve16": {"preserve": 16.0}}
@@ -59,7 +60,7 @@ def main() -> None:
             log(f"{name} trained in {time.time() - t0:.0f}s")
         variants.append(Variant(f"ear-{name}", load_erased(base, path)))
         families.setdefault("ear", []).append(f"ear-{name}")
-    cp, ap = f"a {args.concept}", f"a {args.replacement}"
+    cp, ap = STEER_PROMPT.format(concept=args.concept), STEER_PROMPT.format(concept=args.replacement)
     for eta, anchored in ([] if args.no_steer else STEER):
         name = f"steer-{'anchored-' if anchored else ''}{eta:g}"
         variants.append(Variant(name, base, lambda g, eta=eta, anchored=anchored:
@@ -68,23 +69,18 @@ def main() -> None:
     report = evaluate_erasure(base, variants, args.concept, args.replacement, n_target=args.n_target,
                               n_non_target=args.n_non_target, seed=args.seed, judge=judge, out_dir=work / "val",
                               cache_dir=work / "cache", log=log)
-    val: dict[str, dict] = {}
-    for r in report["rows"]:
-        v = val.setdefault(r["variant"], {})
-        if r["prompt_set"] == "non_target":
-            v["shape"], v["colour"] = r["adherence_shape"], r["adherence_colour"]
-        elif r["prompt_set"] == "target":
-            v["rate"] = r["concept_rate"]
-        else:
-            v[r["prompt_set"]] = r["concept_rate"]
+    val = summarize(report["rows"])
     orig = val["original"]
-    keeps = lambda v: v["shape"] >= orig["shape"] - 0.02 and v["colour"] >= orig["colour"] - 0.02  # noqa: E731
+
+    def keeps(v: dict) -> bool:
+        return all(v[k] >= orig[k] - 0.02 for k in ("non_target_adherence_shape", "non_target_adherence_colour"))
+
     chosen = {}
     for fam, names in families.items():
         passing = [n for n in names if keeps(val[n])]
         chosen[fam] = {"passing": passing,
-                       "chosen": min(passing, key=lambda n: val[n]["rate"]) if passing else None,
-                       "lowest_rate_any": min(names, key=lambda n: val[n]["rate"])}
+                       "chosen": min(passing, key=lambda n: val[n]["rate_target"]) if passing else None,
+                       "lowest_rate_any": min(names, key=lambda n: val[n]["rate_target"])}
     log("chosen " + json.dumps(chosen))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -429,6 +429,8 @@ def batch_indices(gen: torch.Generator, batch: int, n: int, pools: tuple[torch.T
 def train_gpt(args) -> None:
     from .gpt import GPTConfig, ShapesGPT, null_prompt, tokenize_prompts
 
+    if args.multi_object_frac is not None and not 0.0 <= args.multi_object_frac <= 1.0:
+        raise SystemExit(f"--multi-object-frac must be in [0, 1], got {args.multi_object_frac}")
     torch.manual_seed(args.seed)
     t0 = time.time()
     d = np.load(Path(args.workdir) / "gpt_tokens.npz")
@@ -443,8 +445,6 @@ def train_gpt(args) -> None:
             weights = object_token_weights(labels, args.object_weight)
             log(f"gpt: object tokens weighted x{args.object_weight} ({float((weights > 1).float().mean()):.3f} of tokens)")
         if args.multi_object_frac is not None:
-            if not 0.0 <= args.multi_object_frac <= 1.0:
-                raise SystemExit(f"--multi-object-frac must be in [0, 1], got {args.multi_object_frac}")
             is_multi = torch.from_numpy((np.asarray(labels)[..., 0] > 0).sum(1) > 1)
             multi = (torch.nonzero(is_multi).flatten(), torch.nonzero(~is_multi).flatten())
             log(f"gpt: batches {args.multi_object_frac:.2f} two-object scenes "
