@@ -206,3 +206,22 @@ def test_batch_indices_draw_the_asked_fraction_from_each_pool():
     assert len(sel) == 32 and int((sel < 40).sum()) == 24
     assert len(batch_indices(gen, 32, 100)) == 32 and int(batch_indices(gen, 32, 100).max()) < 100
     assert int((batch_indices(gen, 32, 100, pools, 1.0) < 40).sum()) == 32
+
+
+def test_checkpoint_averaging_window_and_mean():
+    from guard.models.reference.gpt import GPTConfig, ShapesGPT
+    from guard.models.reference.train import average_states, averaged_steps
+
+    assert averaged_steps(4000, 250, 5) == [3000, 3250, 3500, 3750, 4000]
+    assert averaged_steps(500, 250, 1) == [500]
+    for steps, every, last in [(4000, 250, 0), (4000, 250, 17), (4100, 250, 2)]:
+        with pytest.raises(SystemExit, match="--average-last"):
+            averaged_steps(steps, every, last)
+    a, b = (ShapesGPT(GPTConfig(n_layer=1, d_model=32, n_head=2)).state_dict() for _ in range(2))
+    avg = average_states([a, b])
+    assert avg.keys() == a.keys()
+    for k in a:
+        assert avg[k].dtype == a[k].dtype
+        torch.testing.assert_close(avg[k].float(), (a[k].float() + b[k].float()) / 2)
+    # The averaged weights load back into the model.
+    ShapesGPT(GPTConfig(n_layer=1, d_model=32, n_head=2)).load_state_dict(avg)

@@ -426,11 +426,26 @@ def batch_indices(gen: torch.Generator, batch: int, n: int, pools: tuple[torch.T
                       for pool, m in zip(pools, (k, batch - k)) if m > 0])
 
 
+def averaged_steps(steps: int, ckpt_every: int, last: int) -> list[int]:
+    """The checkpoint steps (1-based, the final step included) whose weights `--average-last` averages."""
+    if steps % ckpt_every:
+        raise SystemExit(f"--average-last needs --steps ({steps}) to be a multiple of --ckpt-every ({ckpt_every})")
+    if not 1 <= last <= steps // ckpt_every:
+        raise SystemExit(f"--average-last must be in [1, steps / ckpt-every = {steps // ckpt_every}], got {last}")
+    return [steps - i * ckpt_every for i in range(last - 1, -1, -1)]
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform average of state dicts with the same keys (checkpoint averaging, as in Polyak / SWA)."""
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
+
+
 def train_gpt(args) -> None:
     from .gpt import GPTConfig, ShapesGPT, null_prompt, tokenize_prompts
 
     if args.multi_object_frac is not None and not 0.0 <= args.multi_object_frac <= 1.0:
         raise SystemExit(f"--multi-object-frac must be in [0, 1], got {args.multi_object_frac}")
+    average_at = set(averaged_steps(args.steps, args.ckpt_every, args.average_last)) if args.average_last is not None else set()
     torch.manual_seed(args.seed)
     t0 = time.time()
     d = np.load(Path(args.workdir) / "gpt_tokens.npz")
@@ -460,6 +475,7 @@ def train_gpt(args) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
+    kept: list[dict[str, torch.Tensor]] = []
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
@@ -485,12 +501,17 @@ def train_gpt(args) -> None:
         if (step + 1) % args.ckpt_every == 0:
             save_file(model.state_dict(), str(Path(args.workdir) / "gpt.ckpt.safetensors"))
             save_file(model.state_dict(), str(Path(args.workdir) / f"gpt.step{step + 1}.safetensors"))
-    save_file(model.state_dict(), str(Path(args.out) / "gpt.safetensors"))
+        if step + 1 in average_at:
+            kept.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    if kept:
+        log(f"gpt: shipping the average of the checkpoints at steps {sorted(average_at)}")
+    save_file(average_states(kept) if kept else model.state_dict(), str(Path(args.out) / "gpt.safetensors"))
     update_card(Path(args.out), "gpt", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
         "n_train": len(codes), "final_train_loss": round(loss.item(), 4), "precision": "bf16 autocast",
         "object_weight": args.object_weight, "multi_object_frac": args.multi_object_frac,
+        **({"weights": f"average of the checkpoints at steps {sorted(average_at)}"} if kept else {}),
         "wall_time_s": round(time.time() - t0, 1),
     })
 
@@ -527,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi-object-frac", type=float, default=None,
                    help="gpt: fraction of each batch drawn from two-object scenes (default: as in the data, 0.4); "
                         "two-object prompts are where the generator binds shapes to the wrong position")
+    p.add_argument("--average-last", type=int, default=None,
+                   help="gpt: ship the uniform average of the last N checkpoints (every --ckpt-every steps, the final "
+                        "one included) instead of the final weights")
     p.add_argument("--object-weight", type=float, default=1.0,
                    help="gpt: loss weight on the tokens around the objects (1 = plain cross-entropy)")
     return p
