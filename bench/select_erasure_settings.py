@@ -26,7 +26,8 @@ from guard.models.reference import load_classifier
 from measure_erasure import STEER_PROMPT, summarize  # bench/ is on sys.path when run as a script
 
 CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
-           "layers4": {"layers": (0, 1, 2, 3)}, "preserve8": {"preserve": 8.0}, "preserve16": {"preserve": 16.0}}
+           "layers4": {"layers": (0, 1, 2, 3)}, "preserve8": {"preserve": 8.0}, "preserve16": {"preserve": 16.0},
+           "preserve32": {"preserve": 32.0}, "preserve64": {"preserve": 64.0}}
 STEER = [(3.0, False), (3.0, True), (6.0, True)]  # (eta, anchored on 'a <replacement>')
 
 
