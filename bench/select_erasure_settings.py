@@ -26,8 +26,19 @@ from guard.models.reference import load_classifier
 from measure_erasure import STEER_PROMPT, summarize  # bench/ is on sys.path when run as a script
 
 CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
-           "layers4": {"layers": (0, 1, 2, 3)}, "preserve8": {"preserve": 8.0}, "preserve16": {"preserve": 16.0},
-           "preserve32": {"preserve": 32.0}, "preserve64": {"preserve": 64.0}}
+           "layers4": {"layers": (0, 1, 2, 3)}}
+
+
+def config(name: str) -> dict:
+    """EarConfig overrides of a variant: a name in CONFIGS, or `preserve<weight>` (e.g. preserve24)."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    if name.startswith("preserve"):
+        try:
+            return {"preserve": float(name.removeprefix("preserve"))}
+        except ValueError:
+            pass
+    raise SystemExit(f"unknown EAR variant {name!r}; choose from {sorted(CONFIGS)} or preserve<weight>")
 STEER = [(3.0, False), (3.0, True), (6.0, True)]  # (eta, anchored on 'a <replacement>')
 
 
@@ -39,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concept", required=True)
     p.add_argument("--replacement", required=True)
-    p.add_argument("--ear", default="default,eta2,pairs64", help=f"comma-separated subset of {sorted(CONFIGS)}")
+    p.add_argument("--ear", default="default,eta2,pairs64", help=f"comma-separated names from {sorted(CONFIGS)} or preserve<weight>")
     p.add_argument("--no-steer", action="store_true", help="evaluate EAR settings only")
     p.add_argument("--seed", type=int, default=5000)
     p.add_argument("--n-target", type=int, default=192)
@@ -52,12 +63,14 @@ def main() -> None:
     base, judge = load("reference"), ReferenceJudge(load_classifier())
     work = args.work / f"{args.concept}-{base.id.replace('@', '_')}"
     work.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.ear.split(",") if n]
+    configs = {n: config(n) for n in names}  # checked before any training
     variants, families = [], {}
-    for name in [n for n in args.ear.split(",") if n]:
+    for name in names:
         path = work / f"{name}.safetensors"
         if not path.exists():
             t0 = time.time()
-            erase(base, args.concept, args.replacement, EarConfig(seed=0, **CONFIGS[name]), out=path, judge=judge)
+            erase(base, args.concept, args.replacement, EarConfig(seed=0, **configs[name]), out=path, judge=judge)
             log(f"{name} trained in {time.time() - t0:.0f}s")
         variants.append(Variant(f"ear-{name}", load_erased(base, path)))
         families.setdefault("ear", []).append(f"ear-{name}")
@@ -87,7 +100,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "command": "python bench/select_erasure_settings.py " + " ".join(__import__("sys").argv[1:]),
         "base_model": base.id, "validation_seed": args.seed, "n_target": args.n_target,
-        "n_non_target": args.n_non_target, "configs": {n: CONFIGS[n] for n in args.ear.split(",") if n},
+        "n_non_target": args.n_non_target, "configs": configs,
         "steering": [] if args.no_steer else [{"eta": e, "anchor": ap if a else None} for e, a in STEER],
         "rule": "among variants of a family with non-target shape and colour >= original - 2 points, the lowest "
                 "validation concept rate", "validation": val, "chosen": chosen}, indent=2, default=list) + "\n")
