@@ -164,6 +164,50 @@ def test_posthoc_writes_marked_pngs_and_manifest(app, tok, tmp_path):
     assert res.exit_code == 2 and "already exists" in err             # never overwrites a previous run
 
 
+def test_posthoc_and_detect_read_the_same_pixels(app, tok, tmp_path):
+    """`guard watermark posthoc` and `guard detect` load a file through the same `guard.imageio` rules.
+
+    An EXIF-rotated RGBA image (WebP: orientation 6, transparent corner), an EXIF-rotated JPEG and a non-square
+    RGBA PNG. With an unreachable PSNR floor posthoc writes the pixels it read unchanged, so its PNG holds
+    exactly what it loaded; that must be what detection loads from the original (crop not stretch, rotation
+    applied, alpha over white), and the detection records of the two files must agree.
+    """
+    from guard.imageio import load_image, to_uint8
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, size=(80, 112, 4), dtype=np.uint8)
+    rgba[:20, :30, 3] = 0                                               # a transparent corner
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                    # displayed rotated by 90 degrees
+    Image.fromarray(rgba).save(src / "rotated_rgba.webp", lossless=True, exif=exif)
+    Image.fromarray(rgba[..., :3]).save(src / "rotated.jpg", quality=95, exif=exif)
+    Image.fromarray(rgba[:, :96]).save(src / "wide_rgba.png")
+    files = [src / "rotated_rgba.webp", src / "rotated.jpg", src / "wide_rgba.png"]
+    key = key_file(tmp_path, tok)
+    res, out, err = invoke(app, ["watermark", "posthoc", *files, "--out", tmp_path / "out", "--key", key,
+                                 "--min-psnr", 200])
+    assert res.exit_code == 0, err
+    rows = {r["source"]: r for r in read_manifest(tmp_path / "out")}
+    for f in files:
+        row = rows[str(f)]
+        assert row["iterations"] == 0 and row["error"] is None           # written unchanged
+        seen_by_detect = load_image(f, tok.image_size)
+        assert seen_by_detect.resize == "center-crop+resize"
+        assert row["resized_from"] == [seen_by_detect.width, seen_by_detect.height]
+        written = np.array(Image.open(tmp_path / "out" / row["file"]))
+        assert np.array_equal(written, to_uint8(seen_by_detect.tensor)), f.name
+    assert rows[str(files[0])]["resized_from"] == [80, 112]              # EXIF rotation applied (was 112 x 80)
+    res, out, err = invoke(app, ["detect", "image", *files, *(tmp_path / "out" / rows[str(f)]["file"] for f in files),
+                                 "--key", key])
+    assert res.exit_code == 1, err
+    recs = [json.loads(line) for line in out.splitlines()]
+    stat_fields = ("n_distinct", "n_green", "list_index", "p_value", "log10_p")
+    for original, marked in zip(recs[:3], recs[3:]):
+        assert [original[k] for k in stat_fields] == [marked[k] for k in stat_fields]
+
+
 # ---------------------------------------------------------------------------------------- generate
 def test_generate_with_key_writes_pngs_and_manifest(app, tok, need_gpt, tmp_path):
     key = key_file(tmp_path, tok)

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from guard.errors import ConfigError, ModelError
 from guard.erasure import EarConfig, erase, load_erased, read_delta, reference_concept
-from guard.erasure.evaluate import _to_uint8, eval_prompts
+from guard.erasure.evaluate import eval_prompts
 from guard.erasure.pairs import FORMS, ReferenceJudge, check_pair, swap_concept, target_prompts
+from guard.imageio import quantize
 from guard.models.reference import load_classifier
 from guard.models.reference.shapes import parse_prompt
 
@@ -35,7 +36,7 @@ def erased_red(gen, judge, tmp_path_factory):
 
 def concept_rate(generator, judge, prompts, concept, seed=11):
     codes = generator.generate(prompts, n=1, seed=seed)
-    return float(judge.present(_to_uint8(generator.tokenizer.decode(codes)), concept).float().mean())
+    return float(judge.present(quantize(generator.tokenizer.decode(codes)), concept).float().mean())
 
 
 def test_small_erasure_lowers_the_concept_rate(gen, judge, erased_red):

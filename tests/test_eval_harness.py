@@ -64,7 +64,7 @@ def test_eval_detection_equals_guard_detect_on_saved_png(soft_run, tmp_path):
 
     from guard.detect import Detector
     from guard.eval.attacks import apply_attack
-    from guard.eval.harness import _from_uint8
+    from guard.imageio import from_uint8
     from guard.keys import WatermarkKey
     from guard.models import load_tokenizer
     from guard.watermark import GreenLists
@@ -72,7 +72,7 @@ def test_eval_detection_equals_guard_detect_on_saved_png(soft_run, tmp_path):
     out, _ = soft_run
     tok = load_tokenizer("reference")
     d = np.load(out / "populations" / "watermarked" / "chunk_00000.npz")
-    x = apply_attack("jpeg", _from_uint8(d["images"]), 50, seed=0, indices=range(N))
+    x = apply_attack("jpeg", from_uint8(d["images"]), 50, seed=0, indices=range(N))
     paths = []
     for i, img in enumerate(x):
         p = tmp_path / f"{i}.png"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guard.detect.images import load_image, pil_to_rgb, to_square
+from guard.imageio import load_image, pil_to_rgb, to_square
 from guard.errors import ImageError
 
 

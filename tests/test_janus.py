@@ -179,7 +179,7 @@ def test_cli_generate_then_detect_folder_with_a_janus_checkpoint(ckpt, tmp_path,
     assert len(records) == 3 and all(rec["error"] is None for rec in records)
     assert {rec["tokenizer_id"] for rec in records} == {tok.id} and {rec["n_tokens"] for rec in records} == {64}
     # the CLI's numbers are those of the adapter's tokenizer on the saved PNGs
-    from guard.detect.images import load_image
+    from guard.imageio import load_image
 
     gl = GreenLists(WatermarkKey.load(key), tok)
     for rec in records:

@@ -22,10 +22,11 @@ import torch
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
 from guard.detect import RECORD_FIELDS, DetectionRecord, Detector  # noqa: E402
-from guard.detect.ray_engine import (DetectorSpec, ShardStore, _from_uint8, _to_uint8, ray_scan,  # noqa: E402
+from guard.detect.ray_engine import (DetectorSpec, ShardStore, ray_scan,  # noqa: E402
                                      shards_dir_for)
 from guard.detect.scan import find_images, open_writer, scan  # noqa: E402
 from guard.errors import ConfigError  # noqa: E402
+from guard.imageio import from_uint8, to_uint8  # noqa: E402
 from test_detector import reference_assets, save_pngs  # noqa: E402
 from test_images import write_bad_inputs  # noqa: E402
 
@@ -82,8 +83,8 @@ def _spec(folder) -> DetectorSpec:
 
 def test_pixels_cross_the_object_store_as_bytes_without_changing_a_bit():
     levels = torch.arange(256, dtype=torch.uint8).repeat(3, 1).reshape(3, 16, 16)
-    as_loaded = levels.float().div_(255.0)                      # what guard.detect.images builds
-    back = _from_uint8(_to_uint8(as_loaded))
+    as_loaded = levels.float().div_(255.0)                      # what guard.imageio.load_image builds
+    back = from_uint8(to_uint8(as_loaded, channels_last=False), channels_last=False)
     assert back.dtype == torch.float32 and torch.equal(back, as_loaded)
 
 

@@ -82,33 +82,6 @@ def _prepare_out(out: Path) -> None:
         raise ConfigError(f"cannot create output directory {out}: {e.strerror}") from None
 
 
-def _save_png(image, path: Path) -> None:
-    from PIL import Image
-
-    arr = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(arr).save(path)
-
-
-def _load_image(path: Path, size: int):
-    """RGB float (3, size, size) in [0, 1] and the original (width, height)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            original = im.size
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.LANCZOS)
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ImageError(f"file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image {path}: {type(e).__name__}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255, original
-
-
 @watermark_app.command("generate")
 def generate(
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Prompt (repeatable); default: a few "
@@ -134,6 +107,7 @@ def generate(
                                                                  "with base weights + delta.")] = None,
 ) -> None:
     """Generate watermarked images: PNGs + manifest.jsonl (list index, key id, settings per image)."""
+    from ..imageio import save_png
     from ..models import load
     from ..watermark import GreenLists, WatermarkProcessor
 
@@ -168,7 +142,7 @@ def generate(
         with open(out / MANIFEST, "w", encoding="utf-8") as mf:
             for i, (img, p) in enumerate(zip(images, all_prompts)):
                 name = f"{i:05d}.png"
-                _save_png(img, out / name)
+                save_png(img, out / name)
                 if signer is not None:
                     from ..provenance import generation_manifest
 
@@ -205,6 +179,7 @@ def posthoc(
     """Watermark existing images: swap red codes for their nearest green codes, keep PSNR above a floor."""
     import torch
 
+    from ..imageio import load_image, save_png
     from ..models import load_tokenizer
     from ..watermark import GreenLists, watermark_image
 
@@ -223,30 +198,30 @@ def posthoc(
                 loaded, meta = [], []
                 for i, path in chunk:
                     try:
-                        x, original = _load_image(path, size)
+                        img = load_image(path, size)        # the pixels `guard detect` reads from this file
                     except ImageError as e:
                         failed += 1
-                        info(f"error: {e}")
+                        info(f"error: {path}: {e}")
                         mf.write(json.dumps({"file": None, "source": str(path), "list_index": None, "psnr": None,
                                              "green_share_before": None, "green_share_after": None,
                                              "iterations": None, "resized_from": None, **base,
                                              "c2pa_signer": None, "error": str(e)}) + "\n")
                         continue
-                    loaded.append(x)
-                    meta.append((i, path, original))
+                    loaded.append(img.tensor)
+                    meta.append((i, path, (img.width, img.height) if img.resize != "none" else None))
                 if not loaded:
                     continue
                 res = watermark_image(torch.stack(loaded), gl, tok, min_psnr=min_psnr, max_iters=max_iters)
                 for j, (i, path, original) in enumerate(meta):
                     name = f"{i:05d}_{path.stem}.png"
-                    _save_png(res.images[j], out / name)
+                    save_png(res.images[j], out / name)
                     if signer is not None:
                         from ..provenance import posthoc_manifest
                         from ..provenance.sign import mime_for
 
                         signer.sign_file(out / name, posthoc_manifest(
                             title=name, key_id=wm_key.key_id, tokenizer_id=tok.id, gamma=wm_key.gamma,
-                            n_lists=wm_key.n_lists, resized_from=original if original != (size, size) else None,
+                            n_lists=wm_key.n_lists, resized_from=original,
                             size=size), parent=path if mime_for(path) else None)
                     p = float(res.psnr[j])
                     row = {"file": name, "source": str(path), "list_index": res.list_indices[j],
@@ -254,7 +229,7 @@ def posthoc(
                            "green_share_before": round(float(res.green_share_before[j]), 6),
                            "green_share_after": round(float(res.green_share_after[j]), 6),
                            "iterations": int(res.iterations[j]),
-                           "resized_from": list(original) if original != (size, size) else None, **base,
+                           "resized_from": list(original) if original else None, **base,
                            "c2pa_signer": signer.material.signer_name if signer is not None else None,
                            "error": None}
                     mf.write(json.dumps(row) + "\n")

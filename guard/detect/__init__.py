@@ -5,13 +5,13 @@
     >>> det.detect_paths(["a.png"])[0].watermarked                    # doctest: +SKIP
     True
 
-Modules: `stats` (exact tests, Bonferroni), `images` (safe loading), `detector` (`Detector`,
-`DetectionRecord`), `scan` (folders, streaming, resume), `calibrate` (FPR on clean images, QQ plot),
-`heatmap` (token-grid picture).
+Modules: `stats` (exact tests, Bonferroni), `detector` (`Detector`, `DetectionRecord`), `scan`
+(folders, streaming, resume), `calibrate` (FPR on clean images, QQ plot), `heatmap` (token-grid
+picture), `ray_engine` (Ray Data scale-out). Images are loaded by `guard.imageio`.
 """
 
+from ..imageio import LoadedImage, load_image
 from .detector import RECORD_FIELDS, TESTS, DetectionRecord, Detector, search_transforms
-from .images import LoadedImage, load_image
 
 __all__ = ["Detector", "DetectionRecord", "RECORD_FIELDS", "TESTS", "LoadedImage", "load_image",
            "search_transforms"]

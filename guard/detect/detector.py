@@ -33,7 +33,7 @@ from ..errors import ConfigError, ImageError, KeyFileError
 from ..provenance.binding import empty_record_fields, record_fields
 from ..provenance.read import ManifestReader
 from . import stats
-from .images import MAX_PIXELS, LoadedImage, load_image
+from ..imageio import MAX_PIXELS, LoadedImage, load_image
 
 __all__ = ["DetectionRecord", "Detector", "RECORD_FIELDS", "TESTS", "search_transforms"]
 
@@ -378,7 +378,7 @@ class Detector:
         """Records for a batch of images (B, 3, S, S) float in [0, 1], S = tokenizer.image_size.
 
         Args:
-            images: the pixels (already at the tokenizer's size; see `guard.detect.images.to_square`).
+            images: the pixels (already at the tokenizer's size; see `guard.imageio.to_square`).
             paths: optional names for the `path` field.
             loaded, load_ms: file metadata and decode times when the images came from `load_image`.
         """

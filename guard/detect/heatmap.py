@@ -17,8 +17,8 @@ import os
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..imageio import load_image, to_pil
 from .detector import DetectionRecord, Detector
-from .images import load_image
 
 __all__ = ["heatmap", "render_heatmap"]
 
@@ -35,8 +35,7 @@ def render_heatmap(image: torch.Tensor, green: torch.Tensor, caption: str, *, pa
         caption: text under the panels.
         panel: side of each panel in pixels.
     """
-    arr = (image.clamp(0, 1).permute(1, 2, 0).mul(255).round().to(torch.uint8).cpu().numpy())
-    pic = Image.fromarray(arr, "RGB").resize((panel, panel), Image.NEAREST)
+    pic = to_pil(image).resize((panel, panel), Image.NEAREST)
     h, w = green.shape
     cells = Image.new("RGB", (w, h))
     cells.putdata([GREEN if bool(g) else RED for g in green.flatten().tolist()])

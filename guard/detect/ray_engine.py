@@ -15,7 +15,8 @@ Pipeline (one Ray Data dataset, streamed):
    identical, field for field, to `guard detect folder --engine local`.
 2. **Read/decode** runs as Ray tasks (`Dataset.map`): each chunk's files are read, hashed and decoded by
    the very function the local scan uses; pixels travel as 8-bit bytes (4× less object-store traffic
-   than float32) and are turned back into the same float32 tensor (`x / 255`) on the detector.
+   than float32) and are turned back into the same float32 tensor on the detector
+   (`guard.imageio.to_uint8` / `from_uint8`, exact inverses at 8-bit levels).
 3. **Detection** runs in an actor pool (`map_batches` with a callable class, `ActorPoolStrategy`): each
    actor builds the tokenizer and the keys' green lists once, then runs the local scan's own
    batch → records code (`Detector._detect_loaded`) on one chunk per call.
@@ -54,8 +55,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, GuardError
+from ..imageio import MAX_PIXELS, LoadedImage, from_uint8, to_uint8
 from .detector import RECORD_FIELDS, DetectionRecord, Detector, _timed_load
-from .images import MAX_PIXELS, LoadedImage
 from .scan import FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state
 
 __all__ = ["DetectorSpec", "ShardStore", "RayScanResult", "WorkerStats", "ray_scan", "ray_cluster",
@@ -231,16 +232,6 @@ class ShardStore:
 
 # ---------------------------------------------------------------------------------------------- ray stages
 
-def _to_uint8(t: torch.Tensor) -> np.ndarray:
-    """Invert images.py's `uint8 -> float32 / 255` exactly (|x/255*255 - x| << 0.5 for x in 0..255)."""
-    return t.mul(255.0).round_().to(torch.uint8).numpy()
-
-
-def _from_uint8(a: np.ndarray) -> torch.Tensor:
-    """The same float32 tensor `guard.detect.images` builds from these 8-bit pixels."""
-    return torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
-
-
 def _decode_chunk(row: dict, *, image_size: int, max_pixels: int) -> dict:
     """Ray task: read, hash and decode one chunk of files with the local scan's own loader."""
     paths = json.loads(row["paths"])
@@ -251,7 +242,7 @@ def _decode_chunk(row: dict, *, image_size: int, max_pixels: int) -> dict:
     for i, p in enumerate(paths):
         img, err, ms = _timed_load(p, s, max_pixels)
         if img is not None:
-            pixels[i] = _to_uint8(img.tensor)
+            pixels[i] = to_uint8(img.tensor, channels_last=False)
             meta.append(dict(ok=True, width=img.width, height=img.height, resize=img.resize, sha256=img.sha256,
                              size_bytes=img.size_bytes, ms=ms))
         else:
@@ -276,7 +267,7 @@ class _ChunkDetector:
         out = []
         for i, m in enumerate(meta):
             if m["ok"]:
-                img = LoadedImage(_from_uint8(arr[i]), m["width"], m["height"], m["resize"], m["sha256"],
+                img = LoadedImage(from_uint8(arr[i], channels_last=False), m["width"], m["height"], m["resize"], m["sha256"],
                                   m["size_bytes"])
                 out.append((img, None, m["ms"]))
             else:

@@ -37,7 +37,7 @@ from typing import IO
 
 from ..errors import ConfigError
 from .detector import RECORD_FIELDS, DetectionRecord, Detector
-from .images import IMAGE_SUFFIXES
+from ..imageio import IMAGE_SUFFIXES
 
 __all__ = ["FORMATS", "ScanSummary", "ResumeState", "find_images", "open_writer", "read_resume_state", "scan",
            "EXIT_WATERMARKED", "EXIT_NONE", "EXIT_UNREADABLE"]

@@ -32,6 +32,7 @@ import torch
 from scipy.stats import binomtest
 
 from ..errors import ConfigError
+from ..imageio import quantize, to_pil
 from .pairs import FORMS, Concept, ReferenceJudge, check_pair, non_target_prompts, reference_concept, target_prompts
 
 __all__ = ["Variant", "EvalPrompts", "evaluate_erasure", "eval_prompts", "ROW_FIELDS"]
@@ -73,11 +74,6 @@ def eval_prompts(concept: Concept, replacement: Concept, n_target: int, n_non_ta
         forms += [form] * k
     non_target = non_target_prompts([concept, replacement, *also_avoid], n_non_target, seed=seed + 7919)
     return EvalPrompts(target, forms, non_target)
-
-
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Quantise to 8 bits as a saved PNG would."""
-    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def _generate(variant: Variant, prompts: list[str], seed: int, cfg: float, cache_dir: Path | None,
@@ -170,8 +166,7 @@ def save_grid(images: Sequence[torch.Tensor], labels: Sequence[str], path: Path,
     for r, (row, label) in enumerate(zip(images, labels)):
         draw.text((4, r * h * scale + h * scale // 2 - 6), label[:24], fill="black")
         for j, img in enumerate(row):
-            arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            tile = Image.fromarray(arr).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+            tile = to_pil(img).resize((w * scale, h * scale), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_w + j * w * scale, r * h * scale))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
@@ -206,7 +201,7 @@ def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacemen
         t_codes = _generate(v, prompts.target, seed, cfg, cache, log)
         n_codes = _generate(v, prompts.non_target, seed + 1, cfg, cache, log)
         tok = v.generator.tokenizer
-        t_img, n_img = _to_uint8(tok.decode(t_codes)), _to_uint8(tok.decode(n_codes))
+        t_img, n_img = quantize(tok.decode(t_codes)), quantize(tok.decode(n_codes))
         t_pred, n_pred = judge.predict(t_img), judge.predict(n_img)
         results[v.name] = {"t_codes": t_codes, "n_codes": n_codes, "t_img": t_img,
                            "present": judge.present_in(t_pred, c),

@@ -36,16 +36,12 @@ import torch
 from PIL import Image, ImageFilter
 
 from ..errors import ConfigError
+from ..imageio import RESAMPLE, from_pil, quantize, to_pil
 
 __all__ = ["ATTACKS", "FAMILIES", "AttackSpec", "AttackContext", "apply_attack", "attack_seed", "param_label",
-           "parse_attack_list", "register", "to_8bit"]
+           "parse_attack_list", "register"]
 
 FAMILIES = ("none", "valuemetric", "geometric", "combined", "regeneration")
-
-
-def to_8bit(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit levels in [0, 1] (what saving a PNG does)."""
-    return (x.float().clamp(0, 1) * 255).round() / 255
 
 
 def attack_seed(seed: int, name: str, param: Any, index: int) -> int:
@@ -157,7 +153,7 @@ def apply_attack(name: str, images: torch.Tensor, param: Any, *, seed: int = 0, 
     out = spec.fn(images.float().clamp(0, 1), param, seeds, context or AttackContext(), indices)
     if out.shape != images.shape:
         raise RuntimeError(f"attack {name} returned shape {tuple(out.shape)} for input {tuple(images.shape)}")
-    return to_8bit(out)
+    return quantize(out)
 
 
 def parse_attack_list(text: str | None, *, full: bool) -> list[tuple[str, Any]]:
@@ -188,18 +184,10 @@ def parse_attack_list(text: str | None, *, full: bool) -> list[tuple[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _to_pil(x: torch.Tensor) -> Image.Image:
-    return Image.fromarray((x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
-
-
-def _from_pil(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-
-
 def _per_image(fn: Callable[[Image.Image, Any, np.random.Generator], Image.Image]) -> BatchFn:
     """Lift a PIL attack `(image, strength, rng) -> image` to a batch function."""
     def batch(images, param, seeds, context, indices):
-        return torch.stack([_from_pil(fn(_to_pil(x), param, np.random.default_rng(s))) for x, s in zip(images, seeds)])
+        return torch.stack([from_pil(fn(to_pil(x), param, np.random.default_rng(s))) for x, s in zip(images, seeds)])
     return batch
 
 
@@ -228,7 +216,7 @@ def _crop(im, s, rng):
 def _resize(im, s, rng):
     w, h = im.size
     small = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
-    return small.resize((w, h), Image.LANCZOS)
+    return small.resize((w, h), RESAMPLE)
 
 
 def _median(im, k, rng):
@@ -290,8 +278,8 @@ COMBINED_LEVELS = {1: (75, 0.9, 1.25), 2: (50, 0.75, 1.5), 3: (25, 0.5, 2.0)}
 def _combined(images, level, seeds, context, indices):
     q, s, b = COMBINED_LEVELS[int(level)]
     x = _per_image(_crop)(images, s, seeds, context, indices)
-    x = _brightness(to_8bit(x), b, seeds, context, indices)
-    return _per_image(_jpeg)(to_8bit(x), q, seeds, context, indices)
+    x = _brightness(quantize(x), b, seeds, context, indices)
+    return _per_image(_jpeg)(quantize(x), q, seeds, context, indices)
 
 
 def _in(lo, hi, what):

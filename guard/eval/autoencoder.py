@@ -111,6 +111,7 @@ def _update_card(out: Path, name: str, section: dict) -> None:
 def train(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
+    from ..imageio import from_uint8, quantize
     from ..models.reference.data import HELDOUT_SEED_BASE, cached_dataset
 
     p = argparse.ArgumentParser(prog="python -m guard.eval.autoencoder", description=__doc__,
@@ -130,7 +131,7 @@ def train(argv: list[str] | None = None) -> None:
     imgs, _, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
     test, _, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
     x_all = torch.from_numpy(imgs)
-    x_test = torch.from_numpy(test).permute(0, 3, 1, 2).float() / 255
+    x_test = from_uint8(test)
     model = ConvAutoencoder()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
@@ -151,7 +152,7 @@ def train(argv: list[str] | None = None) -> None:
     model.eval()
     with torch.no_grad():
         rec = torch.cat([model.roundtrip(x_test[i:i + 250]) for i in range(0, len(x_test), 250)])
-        rec8 = (rec * 255).round() / 255
+        rec8 = quantize(rec)
         mse = (rec8 - x_test).pow(2).flatten(1).mean(1)
         psnr = float((10 * torch.log10(1 / mse)).mean())
     args.out.mkdir(parents=True, exist_ok=True)

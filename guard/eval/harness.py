@@ -41,8 +41,9 @@ import torch
 
 from .. import __version__
 from ..errors import ConfigError
+from ..imageio import from_uint8, quantize, to_uint8
 from . import regeneration  # noqa: F401  (registers the regeneration attacks)
-from .attacks import ATTACKS, AttackContext, apply_attack, param_label, parse_attack_list, to_8bit
+from .attacks import ATTACKS, AttackContext, apply_attack, param_label, parse_attack_list
 from .metrics import ALPHAS, FPRS, auc, psnr, ssim, token_match, tpr_at_alpha, tpr_at_fpr
 
 __all__ = ["EvalConfig", "run_eval", "summarize", "MODES", "POPULATIONS", "SUMMARY_FAMILIES", "TARGETS",
@@ -177,14 +178,6 @@ def _save_chunk(path: Path, **arrays) -> None:
     tmp.replace(path)
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-
-
-def _from_uint8(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255
-
-
 def _population_tag(generator, green_lists, delta, hard, seed, cfg, batch_size) -> str:
     """What a generated chunk depends on (no secret: the key appears by its id)."""
     wm = "clean" if green_lists is None else f"key={green_lists.key_id},{'hard' if hard else f'delta={delta}'}"
@@ -230,7 +223,7 @@ def generate_population(generator, green_lists, n: int, *, folder: Path, prompts
         if green_lists is not None:
             procs = [WatermarkProcessor(green_lists, delta=delta or 2.0, hard=hard, seed=chunk_seed)]
         codes = generator.generate(list(prompts[start:stop]), n=1, seed=chunk_seed, cfg=cfg, logits_processor=procs)
-        images = _to_uint8(tok.decode(codes).float())
+        images = to_uint8(tok.decode(codes))
         idx = np.array(procs[0].list_indices if procs else [-1] * len(codes), dtype=np.int64)
         arrays = {"images": images, "codes": codes.numpy().astype(np.int32), "list_index": idx}
         _save_chunk(path, tag=np.array(tag), **arrays)
@@ -267,11 +260,11 @@ def _posthoc_population(tok, green_lists, n: int, *, folder: Path, seed: int, mi
             d = np.load(path, allow_pickle=False)
             parts.append({k: d[k] for k in d.files})
             continue
-        x0 = _from_uint8(clean_all[start:stop])
+        x0 = from_uint8(clean_all[start:stop])
         idx = [_derived_seed(seed, "posthoc-list", i) % green_lists.n_lists for i in range(start, stop)]
         res = watermark_image(x0, green_lists, tok, list_index=idx, min_psnr=min_psnr)
-        marked = to_8bit(res.images)
-        arrays = {"images": _to_uint8(marked), "list_index": np.array(idx, dtype=np.int64),
+        marked = quantize(res.images)
+        arrays = {"images": to_uint8(marked), "list_index": np.array(idx, dtype=np.int64),
                   "psnr": psnr(marked, x0), "ssim": ssim(marked, x0)}
         _save_chunk(path, **arrays)
         parts.append(arrays)
@@ -284,8 +277,8 @@ def _posthoc_population(tok, green_lists, n: int, *, folder: Path, seed: int, mi
 
 
 def _folder_population(directory: Path, n: int, size: int) -> dict:
-    from ..detect.images import load_image
     from ..detect.scan import find_images
+    from ..imageio import load_image
     from ..errors import ImageError
 
     paths = find_images(directory, recursive=True)
@@ -300,7 +293,7 @@ def _folder_population(directory: Path, n: int, size: int) -> dict:
             _log(f"skipping unreadable {p}: {e}")
     if len(images) < n:
         raise ConfigError(f"{directory} has {len(images)} readable images, fewer than n={n}; lower --n")
-    return {"images": _to_uint8(torch.stack(images)), "list_index": np.full(n, -1, dtype=np.int64),
+    return {"images": to_uint8(torch.stack(images)), "list_index": np.full(n, -1, dtype=np.int64),
             "prompts": None, "paths": used}
 
 
@@ -388,7 +381,7 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
         st.pops["clean"] = _folder_population(cfg.clean_dir, cfg.n, tok.image_size)
     _log(f"populations ready ({cfg.mode}, n={cfg.n} each) in {time.time() - t0:.0f}s")
     for name, pop in st.pops.items():
-        x = _from_uint8(pop["images"])
+        x = from_uint8(pop["images"])
         st.ref_codes[name] = det.encode(x)
     return st
 
@@ -419,7 +412,7 @@ def _run_attack(st: _State, name: str, param: Any, progress) -> None:
                 todo = [i for i in range(start, stop) if f"{pop_name}/{i:05d}" not in state.done]
                 if not todo:
                     continue
-                x = _from_uint8(pop["images"][start:stop])
+                x = from_uint8(pop["images"][start:stop])
                 # The whole fixed chunk is attacked (AR resampling depends on the batch), then the rows to do kept.
                 y = apply_attack(name, x, param, seed=cfg.seed, indices=range(start, stop), context=context)
                 sel = [i - start for i in todo]

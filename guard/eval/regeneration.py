@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelError
+from ..imageio import quantize
 from .attacks import AttackContext, AttackSpec, register
 
 __all__ = ["ForceTokensProcessor", "VQ2_DIR", "load_vq2", "ar_resample", "NEUTRAL_PROMPT"]
@@ -121,8 +122,7 @@ def _vq2(images, rounds, seeds, context, indices):
     tok2 = _context_model(context, "vq2", load_vq2)
     x = images
     for _ in range(int(rounds)):
-        x = tok2.decode(tok2.encode(x)).float()
-        x = (x.clamp(0, 1) * 255).round() / 255
+        x = quantize(tok2.decode(tok2.encode(x)))
     return x
 
 
@@ -132,7 +132,7 @@ def _autoencoder(images, rounds, seeds, context, indices):
     ae = _context_model(context, "autoencoder", load_autoencoder)
     x = images
     for _ in range(int(rounds)):
-        x = (ae.roundtrip(x) * 255).round() / 255
+        x = quantize(ae.roundtrip(x))
     return x
 
 

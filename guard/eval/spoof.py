@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..errors import ConfigError
-from .harness import _from_uint8, _log, eval_prompts, generate_population, padded_count
+from ..imageio import from_uint8, quantize
+from .harness import _log, eval_prompts, generate_population, padded_count
 from .metrics import ALPHAS, psnr, tpr_at_alpha
 
 __all__ = ["SpoofConfig", "run_spoof", "estimate_green", "forge"]
@@ -136,8 +137,7 @@ def forge(images: torch.Tensor, estimate: torch.Tensor, tokenizer, *, rounds: in
     codes = tokenizer.encode(images).clone()
     best_share = estimate[codes].flatten(1).float().mean(1)
     for _ in range(rounds):
-        x = tokenizer.decode(nearest[codes]).float()
-        x = (x.clamp(0, 1) * 255).round() / 255
+        x = quantize(tokenizer.decode(nearest[codes]))
         codes = tokenizer.encode(x).clone()
         share = estimate[codes].flatten(1).float().mean(1)
         better = share > best_share
@@ -189,7 +189,7 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
     clean = generate_population(gen, None, cfg.n_clean, folder=pops / "clean", prompts=prompts, delta=None,
                                 hard=False, seed=cfg.seed, cfg=cfg.cfg, batch_size=cfg.batch_size,
                                 on_chunk=lambda k: progress("generate clean", k))
-    clean_x = _from_uint8(clean["images"])
+    clean_x = from_uint8(clean["images"])
     targets = clean_x[: cfg.n_targets]
     reference_codes = tok.encode(clean_x[cfg.n_targets:])
     rows = []
@@ -199,7 +199,7 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
         keys_used[k] = key.key_id
         gl = GreenLists(key, tok)
         det = Detector(gl, tok, alpha=min(cfg.alphas), batch_size=cfg.batch_size)
-        wm_codes = tok.encode(_from_uint8(wm_sets[k]["images"]))      # what the attacker sees: the saved images
+        wm_codes = tok.encode(from_uint8(wm_sets[k]["images"]))      # what the attacker sees: the saved images
         base = np.array([r.log10_p for r in det.detect_images(targets)])
         for n in cfg.n_observed:
             est = estimate_green(wm_codes[:n], reference_codes, tok.vocab_size, cfg.gamma)

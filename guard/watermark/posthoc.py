@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..imageio import quantize
 from .greenlists import GreenLists
 
 __all__ = ["PosthocResult", "psnr", "watermark_image"]
@@ -52,10 +53,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images in [0, 1]: (B, C, H, W) x 2 -> (B,); inf for identical images."""
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse)
-
-
-def _to_8bit(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def _indices(list_index: int | Sequence[int] | torch.Tensor | None, b: int, gl: GreenLists) -> list[int]:
@@ -95,7 +92,7 @@ def _partial_swaps(tokenizer, x0: torch.Tensor, codes: torch.Tensor, swapped: to
             break
         keep = (rank[todo] < (n_changed[todo] * frac).ceil().long()[:, None]).view(-1, gh, gw)
         part = torch.where(keep, swapped[todo], codes[todo])
-        xp = _to_8bit(tokenizer.decode(part).float())
+        xp = quantize(tokenizer.decode(part))
         ok = psnr(xp, x0[todo]) >= min_psnr
         last = frac == SWAP_FRACTIONS[-1]
         take = ok | last
@@ -155,7 +152,7 @@ def watermark_image(image: torch.Tensor, green_lists: GreenLists, tokenizer, *,
             break
         c = codes[rows]
         swapped = nearest[idx_t[rows][:, None], c.flatten(1)].view_as(c)
-        x = _to_8bit(tokenizer.decode(swapped).float())
+        x = quantize(tokenizer.decode(swapped))
         x, swapped = _partial_swaps(tokenizer, x0[rows], c, swapped, x, min_psnr)
         re = tokenizer.encode(x)
         share = green_lists.green_share(re, idx_t[rows])

@@ -1,6 +1,10 @@
-"""Safe image loading for detection: any file in, a (3, S, S) float tensor or one clear `ImageError` out.
+"""Pixels in and out: the one module that opens, orients, converts, resizes, quantises and writes images.
 
-Policy (every choice is recorded or documented, nothing is silent):
+Every other module calls it, so `guard watermark posthoc`, `guard detect`, the evaluation harness and
+the Ray engine see the same pixels for the same file, and "round to 8-bit levels, as saving a PNG does"
+has one definition (`quantize`).
+
+Loading policy (every choice is recorded or documented, nothing is silent):
 
 * **Size limits.** Files larger than `max_bytes` and images with more than `max_pixels` pixels are
   refused before decoding (decompression bombs). PIL's own bomb check is turned into an error for the
@@ -15,14 +19,18 @@ Policy (every choice is recorded or documented, nothing is silent):
   32-bit integer ("I") is taken as 8-bit if its maximum is <= 255, as 16-bit if <= 65535, otherwise
   scaled by its maximum; float ("F") as [0, 1] if its maximum is <= 1, [0, 255] if <= 255, otherwise
   scaled by its maximum (NaN -> 0, negatives clipped).
-* **Geometry** (the `resize` field of a record): exact S×S → "none"; other squares → "resize";
-  non-square → the largest centred square is cropped, then resized if needed ("center-crop" or
-  "center-crop+resize"). Resizing uses Lanczos (`Image.LANCZOS`) in 8-bit RGB.
+* **Geometry** (the resize policy; the `resize` field of records): exact S×S → "none"; other squares →
+  "resize"; non-square → the largest centred square is cropped, then resized if needed ("center-crop"
+  or "center-crop+resize"). Resizing uses Lanczos (`RESAMPLE`) in 8-bit RGB.
 
-    >>> from guard.detect.images import load_image
+Writing: images are float (3, H, W) in [0, 1]; `quantize` rounds to the 8-bit levels a PNG stores,
+`to_uint8` / `from_uint8` convert exactly between the two (x -> round(255·x) -> /255), `save_png` writes.
+
+    >>> from guard.imageio import load_image, save_png
     >>> img = load_image("photo.jpg", 64)          # doctest: +SKIP
     >>> img.tensor.shape, img.resize               # doctest: +SKIP
     (torch.Size([3, 64, 64]), 'center-crop+resize')
+    >>> save_png(img.tensor, "copy.png")           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError
 
-__all__ = ["LoadedImage", "load_image", "to_square", "pil_to_rgb", "MAX_PIXELS", "MAX_BYTES", "IMAGE_SUFFIXES"]
+__all__ = ["LoadedImage", "load_image", "load_pil", "to_square", "pil_to_rgb", "quantize", "to_uint8", "from_uint8",
+           "to_pil", "from_pil", "save_png", "MAX_PIXELS", "MAX_BYTES", "IMAGE_SUFFIXES", "RESIZE_POLICIES",
+           "RESAMPLE"]
 
 MAX_PIXELS = 64_000_000          # 8000 × 8000
 MAX_BYTES = 256 * 1024 * 1024
@@ -51,6 +61,7 @@ IMAGE_SUFFIXES = frozenset({
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".avif", ".heic", ".qoi",
 })
 RESIZE_POLICIES = ("none", "resize", "center-crop", "center-crop+resize")
+RESAMPLE = Image.LANCZOS         # the one resampling filter of the resize policy
 
 _OPEN_LOCK = threading.Lock()
 _WHITE = (255, 255, 255)
@@ -180,7 +191,7 @@ def to_square(im: Image.Image, size: int) -> tuple[Image.Image, str]:
         im = im.crop((left, top, left + s, top + s))
         policy.append("center-crop")
     if im.size != (size, size):
-        im = im.resize((size, size), Image.LANCZOS)
+        im = im.resize((size, size), RESAMPLE)
         policy.append("resize")
     return im, "+".join(policy) or "none"
 
@@ -216,8 +227,7 @@ def _decode(im: Image.Image, size: int) -> tuple[torch.Tensor, int, int, str]:
         raise ImageError(f"corrupt image data: {_one_line(e)}") from None
     if arr.shape != (size, size, 3):
         raise ImageError(f"unexpected decoded shape {arr.shape}")
-    tensor = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-    return tensor, width, height, policy
+    return from_uint8(arr), width, height, policy
 
 
 def load_image(path: str | os.PathLike, size: int, *, max_pixels: int = MAX_PIXELS,
@@ -250,3 +260,62 @@ def load_pil(im: Image.Image, size: int) -> LoadedImage:
     """The same policy for an in-memory PIL image (no hash, no byte size)."""
     tensor, width, height, policy = _decode(im, size)
     return LoadedImage(tensor, width, height, policy)
+
+
+# ---------------------------------------------------------------------------------------------- 8-bit levels
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round float images to the 8-bit levels a saved PNG holds: round(255·clamp(x, 0, 1)) / 255.
+
+    Args:
+        images: float tensor of any shape (usually (3, H, W) or (B, 3, H, W)), nominally in [0, 1].
+
+    Returns:
+        float32 tensor of the same shape whose values are k/255, k in 0..255.
+    """
+    return (images.float().clamp(0, 1) * 255).round() / 255
+
+
+def to_uint8(images: torch.Tensor, *, channels_last: bool = True) -> np.ndarray:
+    """Float images in [0, 1] -> uint8 array at the same 8-bit levels as `quantize`.
+
+    Args:
+        images: float (3, H, W) or (B, 3, H, W).
+        channels_last: return (…, H, W, 3) as PIL and PNG store pixels (default), or keep (…, 3, H, W).
+    """
+    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if channels_last:
+        arr = arr.movedim(-3, -1)
+    return arr.cpu().numpy()
+
+
+def from_uint8(arr: np.ndarray, *, channels_last: bool = True) -> torch.Tensor:
+    """uint8 array -> float32 tensor (…, 3, H, W) in [0, 1]: exactly x / 255, the inverse of `to_uint8`.
+
+    Args:
+        arr: uint8 (…, H, W, 3) when `channels_last` (PIL's layout), else (…, 3, H, W).
+    """
+    a = np.ascontiguousarray(arr)
+    if not a.flags.writeable:
+        a = a.copy()
+    t = torch.from_numpy(a)
+    if channels_last:
+        t = t.movedim(-1, -3)
+    return t.float().div_(255.0)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """Float (3, H, W) in [0, 1] -> an 8-bit RGB PIL image."""
+    return Image.fromarray(to_uint8(image))
+
+
+def from_pil(im: Image.Image) -> torch.Tensor:
+    """An in-memory PIL image -> float (3, H, W) in [0, 1], converted to RGB by the loading policy (no resize)."""
+    return from_uint8(np.asarray(pil_to_rgb(im), dtype=np.uint8))
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write float (3, H, W) in [0, 1] as an 8-bit RGB PNG (the pixels `quantize` gives). Returns the path."""
+    path = Path(path)
+    to_pil(image).save(path, format="PNG")
+    return path
