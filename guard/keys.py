@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 from .errors import ConfigError, KeyFileError
 
-__all__ = ["SCHEME", "WatermarkKey", "default_key_path", "load_or_create_default"]
+__all__ = ["SCHEME", "WatermarkKey", "default_key_path", "load_or_create_default", "resolve_key", "resolve_keys"]
 
 SCHEME = "lbw-v1"
 SECRET_BYTES = 32
@@ -301,6 +302,64 @@ def load_or_create_default(tokenizer: Any, *, gamma: float = 0.25, n_lists: int 
     key = WatermarkKey.load(path)
     key.check_tokenizer(tokenizer)
     return key
+
+
+def resolve_key(path: str | os.PathLike | None, tokenizer: Any, *, create_at: str | os.PathLike | None = None,
+                gamma: float = 0.25, n_lists: int = 8, log: Callable[[str], None] | None = None) -> WatermarkKey:
+    """The key a command embeds or evaluates with; the one place that chooses, creates and checks it.
+
+    Args:
+        path: an explicit key file (`--key`); loaded, never created.
+        tokenizer: the model's tokenizer; the key must be bound to it (`WatermarkKey.check_tokenizer`).
+        create_at: without `path`, the key file to use, created (0600, `gamma`, `n_lists`) on first use;
+            None means the default key (`default_key_path()`, created there on first use).
+        gamma, n_lists: parameters of a created key.
+        log: called with one line naming the key id and its file (never the secret).
+
+    Raises:
+        KeyFileError: unreadable, too open, tampered with, or bound to another tokenizer.
+    """
+    if path is not None:
+        where, created = Path(path), False
+        key = WatermarkKey.load(where)
+    elif create_at is None:
+        where = default_key_path()
+        created = not where.exists()
+        key = load_or_create_default(tokenizer, gamma=gamma, n_lists=n_lists)
+    else:
+        where = Path(create_at)
+        created = not where.exists()
+        if created:
+            WatermarkKey.create(tokenizer, gamma=gamma, n_lists=n_lists).save(where)
+        key = WatermarkKey.load(where)
+    key.check_tokenizer(tokenizer)
+    if log is not None:
+        log(f"key {key.key_id} ({where}{', created' if created else ''})")
+    return key
+
+
+def resolve_keys(paths: Sequence[str | os.PathLike] | None, *,
+                 log: Callable[[str], None] | None = None) -> list[WatermarkKey]:
+    """The keys a detection tests: the given key files, or the default key, which must exist (never created).
+
+    The tokenizer binding is checked where the keys meet a tokenizer (`guard.detect.Detector`).
+
+    Raises:
+        KeyFileError: no key given and no default key, or a key file that cannot be used.
+    """
+    if not paths:
+        default = default_key_path()
+        if not default.exists():
+            raise KeyFileError(f"no --key given and no default key at {default}; pass --key FILE or create the "
+                               f"default with `guard keygen`")
+        paths = [default]
+    keys = []
+    for p in paths:
+        key = WatermarkKey.load(p)
+        keys.append(key)
+        if log is not None:
+            log(f"key {key.key_id} ({p}, K={key.n_lists}, gamma={key.gamma})")
+    return keys
 
 
 def _make_private_dirs(directory: Path) -> None:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from guard.keys import WatermarkKey
 from guard.models.reference import WEIGHTS_DIR, shapes
 from guard.watermark import GreenLists
+from guard.watermark.manifest import MANIFEST_FIELDS
 
 runner = CliRunner()
 
@@ -145,6 +146,7 @@ def test_posthoc_writes_marked_pngs_and_manifest(app, tok, tmp_path):
     assert res.exit_code == 3, err                                   # one unreadable input
     rows = read_manifest(tmp_path / "out")
     assert len(rows) == 6 and len(out.splitlines()) == 5
+    assert all(list(r) == list(MANIFEST_FIELDS) and r["mode"] == "posthoc" for r in rows)   # generate's keys too
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["source"].endswith("broken.png") and bad[0]["file"] is None
     good = {r["source"]: r for r in rows if not r["error"]}
@@ -218,6 +220,7 @@ def test_generate_with_key_writes_pngs_and_manifest(app, tok, need_gpt, tmp_path
     assert res.exit_code == 0, err
     rows = read_manifest(out_dir)
     assert len(rows) == 4 and len(out.splitlines()) == 4
+    assert all(list(r) == list(MANIFEST_FIELDS) and r["mode"] == "generate" for r in rows)  # posthoc's keys too
     k = WatermarkKey.load(key)
     lists = GreenLists(k, tok)
     shares = []

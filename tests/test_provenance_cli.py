@@ -182,3 +182,29 @@ def test_detect_folder_adds_provenance_to_each_record(app, signed_run, certs, tm
     assert cols["c2pa_state"] == "valid" and cols["c2pa_status"] == "signingCredential.untrusted"
     r, _, err = invoke(app, ["detect", "image", pngs[0], "--key", root / "k.key", "--trust-anchors", tmp_path / "x.pem"])
     assert r.exit_code == 2 and "trust anchors file not found" in err
+
+
+def test_trust_anchors_work_with_the_ray_engine(signed_run, certs, tmp_path):
+    """Both engines build their detector with `DetectorSpec`: the reader and its anchors reach the Ray workers."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    import subprocess
+    import sys
+
+    root, pngs, _ = signed_run
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for p in pngs:
+        (folder / os.path.basename(p)).write_bytes(open(p, "rb").read())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", "XDG_CONFIG_HOME": str(tmp_path)}
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / f"{engine}.jsonl"
+        extra = ["--num-workers", "1"] if engine == "ray" else []
+        r = subprocess.run([sys.executable, "-c", "from guard.cli import main; main()", "detect", "folder", str(folder),
+                            "--key", str(root / "k.key"), "--trust-anchors", str(certs / "anchors.pem"),
+                            "--engine", engine, *extra, "--out", str(out)], env=env, capture_output=True, timeout=600)
+        assert r.returncode in (0, 1), r.stderr.decode()
+        outputs[engine] = [{k: v for k, v in json.loads(line).items() if k != "elapsed_ms"}
+                           for line in out.read_text().splitlines()]
+    assert outputs["ray"] == outputs["local"]
+    assert {row["c2pa_state"] for row in outputs["ray"]} == {"trusted"}

@@ -10,9 +10,8 @@ import os
 import pytest
 
 from guard.detect import RECORD_FIELDS, Detector
-from guard.detect.scan import (EXIT_NONE, EXIT_UNREADABLE, EXIT_WATERMARKED, find_images, open_writer,
-                               read_resume_state, scan)
-from guard.errors import ConfigError
+from guard.detect.scan import find_images, open_writer, read_resume_state, scan
+from guard.errors import ConfigError, ExitCode
 from test_detector import reference_assets, save_pngs
 from test_images import write_bad_inputs
 
@@ -68,7 +67,7 @@ def test_scan_writes_one_row_per_file_and_error_rows_for_unreadable(mixed_folder
     assert by_name["exif_rotated.jpg"]["width"] == 40 and by_name["exif_rotated.jpg"]["height"] == 80
     assert all(list(r) == list(RECORD_FIELDS) for r in rows)
     assert summary.n_errors == sum(bad.values()) and summary.n_watermarked == sum(r["watermarked"] for r in rows)
-    assert summary.exit_code == EXIT_UNREADABLE
+    assert summary.exit_code == ExitCode.UNREADABLE
 
 
 def test_exit_codes(tmp_path):
@@ -79,9 +78,9 @@ def test_exit_codes(tmp_path):
     tokens = Detector(a.lists_a, a.tokenizer, test="tokens")
     wm = save_pngs(a.wm_images[:4], tmp_path / "w", "wm")
     clean = save_pngs(a.clean_images[:2], tmp_path / "c", "clean")
-    assert scan(tokens, wm + clean, open_writer(io.StringIO(), "jsonl")).exit_code == EXIT_WATERMARKED
-    assert scan(det, clean, open_writer(io.StringIO(), "csv")).exit_code == EXIT_NONE
-    assert scan(det, [], open_writer(io.StringIO(), "table")).exit_code == EXIT_NONE
+    assert scan(tokens, wm + clean, open_writer(io.StringIO(), "jsonl")).exit_code == ExitCode.WATERMARKED
+    assert scan(det, clean, open_writer(io.StringIO(), "csv")).exit_code == ExitCode.NONE
+    assert scan(det, [], open_writer(io.StringIO(), "table")).exit_code == ExitCode.NONE
 
 
 def test_csv_and_table_writers(mixed_folder):
@@ -130,7 +129,7 @@ def test_interrupt_then_resume_equals_one_scan(mixed_folder, tmp_path, fmt):
     with open(part, "a", newline="") as f:
         s2 = scan(det, paths, open_writer(f, fmt, header=not state.has_header), resume=state)
     assert not s2.interrupted and s2.n_skipped == s1.n_new and s2.n_rows == len(paths)
-    assert s2.exit_code == EXIT_UNREADABLE
+    assert s2.exit_code == ExitCode.UNREADABLE
 
     def load(p):
         text = p.read_text()

@@ -3,8 +3,9 @@
 Every command module registers itself on `app` (or a sub-app) and maps library errors to exit codes
 with `exit_on_error`. Data goes to stdout (or --out); progress and logs go to stderr.
 
-Exit codes (independent of --format): 0 some image watermarked / success; 1 none watermarked;
-2 usage, config, model or key error; 3 some files could not be read (their error rows are written).
+Exit codes (independent of --format) are `guard.errors.ExitCode`: 0 some image watermarked / success;
+1 none watermarked; 2 usage, config, model or key error; 3 some files could not be read (their error
+rows are written); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared pieces of the CLI: the root app, the error-to-exit-code mapping, stderr console."""
+"""Shared pieces of the CLI: the root app, the error-to-exit-code mapping (`guard.errors.ExitCode`), stderr console."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError, GuardError, KeyFileError, ModelError
-
-EXIT_WATERMARKED, EXIT_NONE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
+from ..errors import ConfigError, ExitCode, GuardError, KeyFileError, ModelError
 
 app = typer.Typer(
     name="guard",
@@ -30,15 +28,15 @@ def info(msg: str) -> None:
 
 @contextlib.contextmanager
 def exit_on_error() -> Iterator[None]:
-    """Turn guard's errors into one clear stderr line and exit code 2."""
+    """Turn guard's errors into one clear stderr line and `ExitCode.USAGE`; Ctrl-C into `ExitCode.INTERRUPTED`."""
     try:
         yield
     except (ConfigError, KeyFileError, ModelError, GuardError) as e:
         stderr.print(f"error: {e}", markup=False)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     except KeyboardInterrupt:
         stderr.print("interrupted", markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 def is_tty_stderr() -> bool:

@@ -8,33 +8,37 @@
     guard detect manifest uploads.parquet --key my.key --engine ray --address auto --out results.jsonl
 
 Records go to stdout (or --out), one per image, flushed batch by batch; logs and progress go to stderr
-(rich progress only on a TTY). Exit codes, independent of --format: 0 some image watermarked; 1 none;
-2 usage, config, model or key error; 3 some files could not be read (their error rows are written and
-the rest is scanned; 3 takes precedence over 0 and 1). Ctrl-C stops after the current batch: the rows
-written stay complete and `--resume` continues where the scan stopped (exit 130).
+(rich progress only on a TTY). Exit codes (`guard.errors.ExitCode`), independent of --format: 0 some image
+watermarked; 1 none; 2 usage, config, model or key error; 3 some files could not be read (their error rows
+are written and the rest is scanned; 3 takes precedence over 0 and 1). Ctrl-C stops after the current
+batch: the rows written stay complete and `--resume` continues where the scan stopped (exit 130).
+
+`folder` and `manifest` take the same options (`ScanOptions`, declared once); `image` takes them but the
+Ray ones. Every engine builds its detector with `guard.detect.DetectorSpec`, so `--trust-anchors` works
+with `--engine ray` too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import ConfigError, ImageError, KeyFileError
-from ._common import EXIT_UNREADABLE, app, exit_on_error, info, is_tty_stderr
+from ..errors import ConfigError, ExitCode, ImageError
+from ._common import app, exit_on_error, info, is_tty_stderr
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
-
-EXIT_INTERRUPTED = 130
 
 
 class Format(str, enum.Enum):
@@ -95,45 +99,75 @@ ShardFormatOpt = Annotated[ShardFormat, typer.Option("--shard-format", help="For
                                                                              "OUT.shards/ (--engine ray).")]
 
 
+# ---------------------------------------------------------------------------------------------- options
+
+@dataclass
+class ScanOptions:
+    """The options every scanning command shares (`folder`, `manifest`; `image` takes all but the Ray ones)."""
+
+    key: list[Path] | None = None
+    format: Format = Format.jsonl
+    out: Path | None = None
+    alpha: float = 1e-4
+    search: bool = False
+    test: Test = Test.distinct
+    resume: bool = False
+    workers: int = 4
+    batch_size: int = 64
+    model: str = "reference"
+    trust_anchors: Path | None = None
+    engine: Engine = Engine.local
+    address: str | None = None
+    num_workers: int | None = None
+    shard_format: ShardFormat = ShardFormat.jsonl
+
+
+_SCAN_OPTION_TYPES = {"key": KeysOpt, "format": FormatOpt, "out": OutOpt, "alpha": AlphaOpt, "search": SearchOpt,
+                      "test": TestOpt, "resume": ResumeOpt, "workers": WorkersOpt, "batch_size": BatchOpt,
+                      "model": ModelOpt, "trust_anchors": TrustAnchorsOpt, "engine": EngineOpt,
+                      "address": AddressOpt, "num_workers": NumWorkersOpt, "shard_format": ShardFormatOpt}
+RAY_OPTIONS = ("engine", "address", "num_workers", "shard_format")
+
+
+def scan_command(name: str, *, without: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Register `fn(<its own arguments>, opts: ScanOptions)` as `guard detect NAME` with the shared options.
+
+    The command's parameters are fn's own (its source of paths) followed by every `ScanOptions` field but
+    those in `without`, each declared once in `_SCAN_OPTION_TYPES`; typer reads them from the signature.
+    """
+    def register(fn: Callable) -> Callable:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
+        shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_SCAN_OPTION_TYPES[f.name],
+                                    default=f.default) for f in fields(ScanOptions) if f.name not in without]
+
+        def command(**kwargs: Any) -> None:
+            opts = ScanOptions(**{p.name: kwargs.pop(p.name) for p in shared})
+            fn(**kwargs, opts=opts)
+
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
+        command.__name__, command.__qualname__, command.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        detect_app.command(name)(command)
+        return fn
+
+    return register
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _load_key_files(key_paths: list[Path] | None) -> list:
-    from ..keys import WatermarkKey, default_key_path
-
-    if not key_paths:
-        default = default_key_path()
-        if not default.exists():
-            raise KeyFileError(f"no --key given and no default key at {default}; pass --key FILE or create the "
-                               f"default with `guard keygen`")
-        key_paths = [default]
-    keys = []
-    for p in key_paths:
-        key = WatermarkKey.load(p)
-        keys.append(key)
-        info(f"key {key.key_id} ({p}, K={key.n_lists}, gamma={key.gamma})")
-    return keys
-
-
-def _load_keys(key_paths: list[Path] | None, tokenizer: Any) -> list:
-    from ..watermark import GreenLists
-
-    return [GreenLists(key, tokenizer) for key in _load_key_files(key_paths)]
-
-
-def _build_detector(keys, model: str, test: Test, alpha: float, search: bool, batch_size: int,
-                    trust_anchors: Path | None = None):
-    from ..detect import Detector
-    from ..models import load_tokenizer
+def _detector(opts: ScanOptions):
+    """(spec, detector) from the one builder every engine uses (`guard.detect.DetectorSpec`)."""
+    from ..detect import DetectorSpec
+    from ..keys import resolve_keys
     from ..provenance import ManifestReader
 
-    manifests = ManifestReader(trust_anchors)
-    tok = load_tokenizer(model)
-    lists = _load_keys(keys, tok)
-    det = Detector(lists, tok, test=test.value, alpha=alpha, search=search, batch_size=batch_size,
-                   provenance=manifests)
-    info(f"{det.n_looks} looks per image ({sum(g.n_lists for g in lists)} lists x {len(det.transforms)} transforms); "
-         f"test {test.value}{' (approximate)' if test is Test.tokens else ''}, alpha {alpha:g}")
-    return det
+    keys = tuple(resolve_keys(opts.key, log=info))
+    spec = DetectorSpec(keys=keys, model=opts.model, test=opts.test.value, alpha=opts.alpha, search=opts.search,
+                        batch_size=opts.batch_size, provenance=ManifestReader(opts.trust_anchors))
+    det = spec.build()
+    info(spec.describe(det) + (f"; engine ray ({opts.address or 'local cluster'})" if opts.engine is Engine.ray
+                               else ""))
+    return spec, det
 
 
 class _StopOnSigint:
@@ -199,79 +233,48 @@ def _output(out: Path | None, fmt: Format, resume: bool) -> Iterator[tuple[Any, 
         yield open_writer(f, fmt.value, header=fresh), state
 
 
-def _run_ray_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alpha: float, search: bool, test: Test,
-                  resume: bool, batch_size: int, model: str, address: str | None, num_workers: int | None,
-                  shard_format: ShardFormat) -> int:
-    from ..detect.ray_engine import DetectorSpec, ray_scan
-
-    spec = DetectorSpec(keys=tuple(_load_key_files(keys)), model=model, test=test.value, alpha=alpha, search=search,
-                        batch_size=batch_size)
-    det = spec.build()
-    info(f"{det.n_looks} looks per image; test {test.value}{' (approximate)' if test is Test.tokens else ''}, "
-         f"alpha {alpha:g}; engine ray ({address or 'local cluster'})")
-    with _StopOnSigint() as stop, _progress(len(paths)) as adv:
-        res = ray_scan(paths, spec, out=out, stream=sys.stdout if out is None else None, fmt=fmt.value,
-                       shard_format=shard_format.value, resume=resume, num_workers=num_workers, address=address,
-                       should_stop=lambda: stop.stop, on_batch=adv, info=info, detector=det)
-    summary = res.summary
-    for pid, w in sorted(res.workers.items()):
-        info(f"worker {pid}: {w.images} images in {w.chunks} chunks, {w.images_per_s:.1f} images/s busy")
+def _finish(summary, *, shards: str = "") -> int:
     info(f"{summary.n_rows} rows ({summary.n_new} new, {summary.n_skipped} skipped): {summary.n_watermarked} "
-         f"watermarked, {summary.n_errors} unreadable" + (f"; shards in {res.shards_dir}" if res.shards_dir else ""))
+         f"watermarked, {summary.n_errors} unreadable" + shards)
     if summary.interrupted:
         info("interrupted: rerun with --resume --out FILE to continue")
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     return summary.exit_code
 
 
-def _run_scan(paths: list[str], *, keys, fmt: Format, out: Path | None, alpha: float, search: bool, test: Test,
-              resume: bool, workers: int, batch_size: int, model: str, engine: Engine = Engine.local,
-              address: str | None = None, num_workers: int | None = None,
-              shard_format: ShardFormat = ShardFormat.jsonl, trust_anchors: Path | None = None) -> int:
+def _run_scan(paths: list[str], opts: ScanOptions) -> int:
+    """Detect `paths` with the local or the Ray engine; returns the exit code."""
+    if opts.engine is Engine.local and (opts.address is not None or opts.num_workers is not None):
+        raise ConfigError("--address and --num-workers need --engine ray")
+    spec, det = _detector(opts)
+    if opts.engine is Engine.ray:
+        from ..detect.ray_engine import ray_scan
+
+        with _StopOnSigint() as stop, _progress(len(paths)) as adv:
+            res = ray_scan(paths, spec, out=opts.out, stream=sys.stdout if opts.out is None else None,
+                           fmt=opts.format.value, shard_format=opts.shard_format.value, resume=opts.resume,
+                           num_workers=opts.num_workers, address=opts.address, should_stop=lambda: stop.stop,
+                           on_batch=adv, info=info, detector=det)
+        for pid, w in sorted(res.workers.items()):
+            info(f"worker {pid}: {w.images} images in {w.chunks} chunks, {w.images_per_s:.1f} images/s busy")
+        return _finish(res.summary, shards=f"; shards in {res.shards_dir}" if res.shards_dir else "")
     from ..detect.scan import scan
 
-    if engine is Engine.ray:
-        if trust_anchors is not None:
-            raise ConfigError("--trust-anchors needs --engine local for now (Ray workers read Content Credentials "
-                              "without trust anchors)")
-        return _run_ray_scan(paths, keys=keys, fmt=fmt, out=out, alpha=alpha, search=search, test=test,
-                             resume=resume, batch_size=batch_size, model=model, address=address,
-                             num_workers=num_workers, shard_format=shard_format)
-    if address is not None or num_workers is not None:
-        raise ConfigError("--address and --num-workers need --engine ray")
-    det = _build_detector(keys, model, test, alpha, search, batch_size, trust_anchors)
-    with _output(out, fmt, resume) as (writer, state), _StopOnSigint() as stop, _progress(len(paths)) as adv:
-        summary = scan(det, paths, writer, workers=workers, resume=state, should_stop=lambda: stop.stop,
+    with _output(opts.out, opts.format, opts.resume) as (writer, state), _StopOnSigint() as stop, \
+            _progress(len(paths)) as adv:
+        summary = scan(det, paths, writer, workers=opts.workers, resume=state, should_stop=lambda: stop.stop,
                        on_batch=adv)
-    info(f"{summary.n_rows} rows ({summary.n_new} new, {summary.n_skipped} skipped): {summary.n_watermarked} "
-         f"watermarked, {summary.n_errors} unreadable")
-    if summary.interrupted:
-        info("interrupted: rerun with --resume --out FILE to continue")
-        return EXIT_INTERRUPTED
-    return summary.exit_code
+    return _finish(summary)
 
 
 # ---------------------------------------------------------------------------------------------- commands
 
-@detect_app.command("folder")
+@scan_command("folder")
 def folder(
     directory: Annotated[Path, typer.Argument(help="Folder of images (files with image suffixes).")],
-    key: KeysOpt = None,
     recursive: RecursiveOpt = False,
-    format: FormatOpt = Format.jsonl,
-    out: OutOpt = None,
-    alpha: AlphaOpt = 1e-4,
-    search: SearchOpt = False,
-    test: TestOpt = Test.distinct,
-    resume: ResumeOpt = False,
-    workers: WorkersOpt = 4,
-    batch_size: BatchOpt = 64,
-    model: ModelOpt = "reference",
-    engine: EngineOpt = Engine.local,
-    address: AddressOpt = None,
-    num_workers: NumWorkersOpt = None,
-    shard_format: ShardFormatOpt = ShardFormat.jsonl,
-    trust_anchors: TrustAnchorsOpt = None,
+    *,
+    opts: ScanOptions,
 ) -> None:
     """Detect the watermark in every image of a folder; one record per image."""
     from ..detect.scan import find_images
@@ -279,33 +282,18 @@ def folder(
     with exit_on_error():
         paths = find_images(directory, recursive=recursive, on_skip=info)
         info(f"{len(paths)} image files in {directory}")
-        code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
-                         workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
-                         num_workers=num_workers, shard_format=shard_format, trust_anchors=trust_anchors)
+        code = _run_scan(paths, opts)
     raise typer.Exit(code)
 
 
-@detect_app.command("manifest")
+@scan_command("manifest")
 def manifest(
     list_file: Annotated[Path, typer.Argument(metavar="LIST", help="Path list: .txt (one per line), .csv/.tsv "
                                                                    "(header row) or .parquet; relative paths are "
                                                                    "relative to LIST's folder.")],
     column: Annotated[str, typer.Option("--column", help="Column holding the paths (CSV/TSV/Parquet).")] = "path",
-    key: KeysOpt = None,
-    format: FormatOpt = Format.jsonl,
-    out: OutOpt = None,
-    alpha: AlphaOpt = 1e-4,
-    search: SearchOpt = False,
-    test: TestOpt = Test.distinct,
-    resume: ResumeOpt = False,
-    workers: WorkersOpt = 4,
-    batch_size: BatchOpt = 64,
-    model: ModelOpt = "reference",
-    engine: EngineOpt = Engine.local,
-    address: AddressOpt = None,
-    num_workers: NumWorkersOpt = None,
-    shard_format: ShardFormatOpt = ShardFormat.jsonl,
-    trust_anchors: TrustAnchorsOpt = None,
+    *,
+    opts: ScanOptions,
 ) -> None:
     """Detect the watermark in every file a path list names (any suffix); one record per file, in list order."""
     from ..detect.manifest import read_manifest
@@ -313,53 +301,39 @@ def manifest(
     with exit_on_error():
         paths = read_manifest(list_file, column)
         info(f"{len(paths)} paths in {list_file}")
-        code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test, resume=resume,
-                         workers=workers, batch_size=batch_size, model=model, engine=engine, address=address,
-                         num_workers=num_workers, shard_format=shard_format, trust_anchors=trust_anchors)
+        code = _run_scan(paths, opts)
     raise typer.Exit(code)
 
 
-@detect_app.command("image")
+@scan_command("image", without=RAY_OPTIONS)
 def image(
     files: Annotated[list[Path], typer.Argument(help="Image files (any suffix).")],
-    key: KeysOpt = None,
-    format: FormatOpt = Format.jsonl,
-    out: OutOpt = None,
-    alpha: AlphaOpt = 1e-4,
-    search: SearchOpt = False,
-    test: TestOpt = Test.distinct,
-    resume: ResumeOpt = False,
-    workers: WorkersOpt = 4,
-    batch_size: BatchOpt = 64,
-    model: ModelOpt = "reference",
     heatmap: Annotated[Path | None, typer.Option("--heatmap", help="Save the image beside its token grid "
                                                                    "(green/red for the best list) as a PNG; "
                                                                    "needs exactly one FILE.")] = None,
-    trust_anchors: TrustAnchorsOpt = None,
+    *,
+    opts: ScanOptions,
 ) -> None:
     """Detect the watermark in image files; one record per file."""
     with exit_on_error():
         paths = [str(f) for f in files]
         if heatmap is None:
-            code = _run_scan(paths, keys=key, fmt=format, out=out, alpha=alpha, search=search, test=test,
-                             resume=resume, workers=workers, batch_size=batch_size, model=model,
-                             trust_anchors=trust_anchors)
-            raise typer.Exit(code)
+            raise typer.Exit(_run_scan(paths, opts))
         if len(paths) != 1:
             raise ConfigError(f"--heatmap takes exactly one FILE, got {len(paths)}")
-        if resume:
+        if opts.resume:
             raise ConfigError("--heatmap cannot be combined with --resume")
         from ..detect.heatmap import heatmap as make_heatmap
 
-        det = _build_detector(key, model, test, alpha, search, batch_size, trust_anchors)
-        with _output(out, format, False) as (writer, _):
+        _, det = _detector(opts)
+        with _output(opts.out, opts.format, False) as (writer, _):
             try:
                 rec = make_heatmap(det, paths[0], heatmap)
                 info(f"heat map written to {heatmap}")
             except ImageError as e:
                 rec = det.error_record(paths[0], str(e))
             writer.write([rec])
-        code = EXIT_UNREADABLE if rec.error else (0 if rec.watermarked else 1)
+        code = ExitCode.of_detection(int(rec.watermarked), int(rec.error is not None))
     raise typer.Exit(code)
 
 
@@ -385,7 +359,7 @@ def calibrate(
         info(f"{len(paths)} image files in {directory}")
         if not paths:
             raise ConfigError(f"no image files in {directory}")
-        det = _build_detector(key, model, test, 1e-4, False, batch_size)
+        _, det = _detector(ScanOptions(key=key, test=test, batch_size=batch_size, model=model))
         with _progress(len(paths)) as adv:
             cal = calibrate_paths(det, paths, workers=workers, on_batch=adv)
         for w in cal.warnings:
@@ -406,5 +380,5 @@ def calibrate(
                     ci = f"[{r.ci_low:.2e}, {r.ci_high:.2e}]"
                     note = "" if r.enough else f"N < 3/alpha = {int(3 / r.alpha)}"
                     typer.echo(f"{r.alpha:>8.0e} {name:>10} {r.n_positive:>10} {r.fpr:>10.2e} {ci:>24}  {note}")
-        code = EXIT_UNREADABLE if cal.n_errors else 0
+        code = ExitCode.UNREADABLE if cal.n_errors else ExitCode.OK
     raise typer.Exit(code)

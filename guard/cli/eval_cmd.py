@@ -21,13 +21,11 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExitCode
 from ._common import app, exit_on_error, info, is_tty_stderr
 
 eval_app = typer.Typer(help="Robustness evaluation: attack grid, regeneration attacks, spoofing.")
 app.add_typer(eval_app, name="eval")
-
-EXIT_INTERRUPTED = 130
 
 
 class Mode(str, enum.Enum):
@@ -145,7 +143,7 @@ def evaluate(
                 summary = run_eval(conf, progress=adv, plots=not no_plots)
         except KeyboardInterrupt:
             info("interrupted: rows written so far are kept; run the same command again to resume")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         _print_table(summary)
         info(f"wrote {out / 'summary.json'}, {out / 'report.csv'}" + ("" if no_plots else ", roc.png, "
                                                                         "tpr_vs_strength.png, summary_table.png"))
@@ -180,7 +178,7 @@ def spoof(
                 res = run_spoof(conf, progress=adv)
         except KeyboardInterrupt:
             info("interrupted: generated images are kept; run the same command again to resume")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         a_cols = [f"success_at_alpha_{a:g}" for a in conf.alphas]
         typer.echo(f"{'K':>4} {'N':>6} " + "".join(f"{'success a=' + c.split('_')[-1]:>20}" for c in a_cols) +
                    f"{'overlap':>10}{'PSNR':>8}")

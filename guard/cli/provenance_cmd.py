@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import ImageError
-from ._common import EXIT_UNREADABLE, app, exit_on_error, info, stderr
+from ..errors import ExitCode, ImageError
+from ._common import app, exit_on_error, info, stderr
 
 provenance_app = typer.Typer(help="Content Credentials (C2PA): show a file's manifest; make test certificates.",
                              no_args_is_help=True)
@@ -85,14 +85,14 @@ def show(
             summary = reader.read(file)
         except ImageError as e:
             stderr.print(f"error: {e}", markup=False)
-            raise typer.Exit(EXIT_UNREADABLE) from None
+            raise typer.Exit(ExitCode.UNREADABLE) from None
         if format is ShowFormat.json:
             typer.echo(json.dumps({"path": str(file), **summary.to_dict()}, ensure_ascii=False))
         else:
             from rich.console import Console
 
             Console(highlight=False, soft_wrap=False).print(_table(file, summary))
-    raise typer.Exit(0 if summary.present and summary.state in ("valid", "trusted") else 1)
+    raise typer.Exit(ExitCode.OK if summary.present and summary.state in ("valid", "trusted") else ExitCode.NONE)
 
 
 @provenance_app.command("test-cert")

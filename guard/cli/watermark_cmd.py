@@ -3,25 +3,26 @@
     guard watermark generate --prompt "a big red disc in the upper left" -n 4 --out wm/
     guard watermark posthoc photo1.png photo2.jpg --out marked/ --min-psnr 30
 
-Both write PNGs plus `manifest.jsonl` (one JSON object per image) into --out, print the PNG paths on
-stdout and log to stderr. With `--sign CERT_CHAIN.pem --sign-key KEY.pem [--tsa URL]` each PNG also
-carries signed C2PA Content Credentials naming the watermark key id (see `guard.provenance`).
-Key, config and model errors exit with code 2; unreadable input images get
-an error row and make posthoc exit with code 3.
+Both write PNGs plus `manifest.jsonl` (one `guard.watermark.ManifestRow` per image, the same keys in both
+commands) into --out, print the PNG paths on stdout and log to stderr. Inputs of posthoc are read by
+`guard.imageio`, exactly as `guard detect` reads them. With `--sign CERT_CHAIN.pem --sign-key KEY.pem
+[--tsa URL]` each PNG also carries signed C2PA Content Credentials naming the watermark key id (see
+`guard.provenance`). Key, config and model errors exit with code 2; unreadable input images get an error
+row and make posthoc exit with code 3.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError, ImageError
-from ..keys import WatermarkKey, default_key_path, load_or_create_default
-from ._common import EXIT_UNREADABLE, app, exit_on_error, info
+from ..errors import ConfigError, ExitCode, ImageError
+from ..keys import resolve_key
+from ..watermark.manifest import MANIFEST_NAME, ManifestRow
+from ._common import app, exit_on_error, info
 
 watermark_app = typer.Typer(help="Embed watermarks: at generation time (generate) or into existing images (posthoc).",
                             no_args_is_help=True)
@@ -33,7 +34,6 @@ DEFAULT_PROMPTS = (
     "a big yellow star in the upper right and a tiny green cross in the lower left",
     "a huge purple triangle at the bottom left",
 )
-MANIFEST = "manifest.jsonl"
 
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Key file (default: the default key, created on first "
                                                            "use under $XDG_CONFIG_HOME/guard/keys/).")]
@@ -60,22 +60,9 @@ def _open_signer(chain: Path | None, sign_key: Path | None, tsa: str | None):
     return signer
 
 
-def _resolve_key(key_path: Path | None, tokenizer: Any) -> WatermarkKey:
-    if key_path is not None:
-        key = WatermarkKey.load(key_path)
-        key.check_tokenizer(tokenizer)
-        info(f"key {key.key_id} ({key_path})")
-        return key
-    path = default_key_path()
-    existed = path.exists()
-    key = load_or_create_default(tokenizer)
-    info(f"key {key.key_id} ({path}{'' if existed else ', created'})")
-    return key
-
-
 def _prepare_out(out: Path) -> None:
-    if (out / MANIFEST).exists():
-        raise ConfigError(f"{out / MANIFEST} already exists; choose another --out directory")
+    if (out / MANIFEST_NAME).exists():
+        raise ConfigError(f"{out / MANIFEST_NAME} already exists; choose another --out directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -122,7 +109,7 @@ def generate(
 
             gen = load_erased(gen, erased)
         tok = gen.tokenizer
-        wm_key = _resolve_key(key, tok)
+        wm_key = resolve_key(key, tok, log=info)
         proc = WatermarkProcessor(GreenLists(wm_key, tok), delta=2.0 if delta is None else delta, hard=hard,
                                   seed=seed, strict=strict)
         with warnings.catch_warnings(record=True) as caught:
@@ -139,7 +126,7 @@ def generate(
         if not rec["applied"]:
             info("warning: the watermark was not applied to these images (see above); the manifest says applied=false")
         all_prompts = [p for p in prompts for _ in range(n)]
-        with open(out / MANIFEST, "w", encoding="utf-8") as mf:
+        with open(out / MANIFEST_NAME, "w", encoding="utf-8") as mf:
             for i, (img, p) in enumerate(zip(images, all_prompts)):
                 name = f"{i:05d}.png"
                 save_png(img, out / name)
@@ -149,15 +136,15 @@ def generate(
                     signer.sign_file(out / name, generation_manifest(
                         title=name, model_id=gen.id, key_id=wm_key.key_id, tokenizer_id=tok.id, gamma=wm_key.gamma,
                         n_lists=wm_key.n_lists, mode="hard" if rec["hard"] else f"delta={rec['delta']:g}"))
-                row = {"file": name, "prompt": p, "seed": seed, "index": i,
-                       "list_index": rec["list_indices"][i] if i < len(rec["list_indices"]) else None,
-                       "delta": rec["delta"], "hard": rec["hard"], "applied": rec["applied"], "key_id": rec["key_id"],
-                       "model": gen.id, "tokenizer_id": tok.id, "cfg": cfg, "temperature": temperature,
-                       "top_k": top_k, "top_p": top_p,
-                       "c2pa_signer": signer.material.signer_name if signer is not None else None}
-                mf.write(json.dumps(row) + "\n")
+                row = ManifestRow(
+                    file=name, mode="generate", index=i, prompt=p, model=gen.id, tokenizer_id=tok.id,
+                    key_id=rec["key_id"], list_index=rec["list_indices"][i] if i < len(rec["list_indices"]) else None,
+                    hard=rec["hard"], delta=rec["delta"], applied=rec["applied"], seed=seed, cfg=cfg,
+                    temperature=temperature, top_k=top_k, top_p=top_p,
+                    c2pa_signer=signer.material.signer_name if signer is not None else None)
+                mf.write(row.to_json() + "\n")
                 typer.echo(str(out / name))
-        info(f"wrote {len(images)} image(s) and {out / MANIFEST}" + (", signed" if signer is not None else ""))
+        info(f"wrote {len(images)} image(s) and {out / MANIFEST_NAME}" + (", signed" if signer is not None else ""))
         if signer is not None:
             signer.close()
 
@@ -187,12 +174,12 @@ def posthoc(
     with exit_on_error():
         _prepare_out(out)
         tok = load_tokenizer(model)
-        wm_key = _resolve_key(key, tok)
+        wm_key = resolve_key(key, tok, log=info)
         gl = GreenLists(wm_key, tok)
         signer = _open_signer(sign, sign_key, tsa)
         size = tok.image_size
-        base = {"key_id": wm_key.key_id, "tokenizer_id": tok.id, "min_psnr": min_psnr}
-        with open(out / MANIFEST, "w", encoding="utf-8") as mf:
+        base = dict(mode="posthoc", key_id=wm_key.key_id, tokenizer_id=tok.id, min_psnr=min_psnr)
+        with open(out / MANIFEST_NAME, "w", encoding="utf-8") as mf:
             for start in range(0, len(images), batch_size):
                 chunk = list(enumerate(images[start:start + batch_size], start))
                 loaded, meta = [], []
@@ -202,10 +189,8 @@ def posthoc(
                     except ImageError as e:
                         failed += 1
                         info(f"error: {path}: {e}")
-                        mf.write(json.dumps({"file": None, "source": str(path), "list_index": None, "psnr": None,
-                                             "green_share_before": None, "green_share_after": None,
-                                             "iterations": None, "resized_from": None, **base,
-                                             "c2pa_signer": None, "error": str(e)}) + "\n")
+                        mf.write(ManifestRow(file=None, index=i, source=str(path), error=str(e), **base).to_json()
+                                 + "\n")
                         continue
                     loaded.append(img.tensor)
                     meta.append((i, path, (img.width, img.height) if img.resize != "none" else None))
@@ -224,22 +209,21 @@ def posthoc(
                             n_lists=wm_key.n_lists, resized_from=original,
                             size=size), parent=path if mime_for(path) else None)
                     p = float(res.psnr[j])
-                    row = {"file": name, "source": str(path), "list_index": res.list_indices[j],
-                           "psnr": None if p == float("inf") else round(p, 3),
-                           "green_share_before": round(float(res.green_share_before[j]), 6),
-                           "green_share_after": round(float(res.green_share_after[j]), 6),
-                           "iterations": int(res.iterations[j]),
-                           "resized_from": list(original) if original else None, **base,
-                           "c2pa_signer": signer.material.signer_name if signer is not None else None,
-                           "error": None}
-                    mf.write(json.dumps(row) + "\n")
-                    if row["iterations"] == 0:
+                    row = ManifestRow(
+                        file=name, index=i, source=str(path), list_index=res.list_indices[j],
+                        applied=bool(res.iterations[j] > 0), psnr=None if p == float("inf") else round(p, 3),
+                        green_share_before=round(float(res.green_share_before[j]), 6),
+                        green_share_after=round(float(res.green_share_after[j]), 6),
+                        iterations=int(res.iterations[j]), resized_from=list(original) if original else None,
+                        c2pa_signer=signer.material.signer_name if signer is not None else None, **base)
+                    mf.write(row.to_json() + "\n")
+                    if row.iterations == 0:
                         info(f"warning: {path}: no iterate kept the PSNR >= {min_psnr} dB while raising the green "
                              f"share; written unchanged (lower --min-psnr to mark it)")
                     typer.echo(str(out / name))
-        info(f"wrote {len(images) - failed} image(s) and {out / MANIFEST}" + (f"; {failed} unreadable" if failed else "")
-             + (", signed" if signer is not None else ""))
+        info(f"wrote {len(images) - failed} image(s) and {out / MANIFEST_NAME}"
+             + (f"; {failed} unreadable" if failed else "") + (", signed" if signer is not None else ""))
         if signer is not None:
             signer.close()
     if failed:
-        raise typer.Exit(EXIT_UNREADABLE)
+        raise typer.Exit(ExitCode.UNREADABLE)

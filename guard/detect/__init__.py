@@ -11,7 +11,7 @@ picture), `ray_engine` (Ray Data scale-out). Images are loaded by `guard.imageio
 """
 
 from ..imageio import LoadedImage, load_image
-from .detector import RECORD_FIELDS, TESTS, DetectionRecord, Detector, search_transforms
+from .detector import RECORD_FIELDS, TESTS, DetectionRecord, Detector, DetectorSpec, search_transforms
 
-__all__ = ["Detector", "DetectionRecord", "RECORD_FIELDS", "TESTS", "LoadedImage", "load_image",
+__all__ = ["Detector", "DetectorSpec", "DetectionRecord", "RECORD_FIELDS", "TESTS", "LoadedImage", "load_image",
            "search_transforms"]

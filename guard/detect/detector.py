@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from ..provenance.read import ManifestReader
 from . import stats
 from ..imageio import MAX_PIXELS, LoadedImage, load_image
 
-__all__ = ["DetectionRecord", "Detector", "RECORD_FIELDS", "TESTS", "search_transforms"]
+__all__ = ["DetectionRecord", "Detector", "DetectorSpec", "RECORD_FIELDS", "TESTS", "search_transforms"]
 
 TESTS = ("distinct", "tokens")
 
@@ -454,3 +455,48 @@ class Detector:
     def detect_paths(self, paths: Iterable, *, workers: int = 4) -> list[DetectionRecord]:
         """All records for `paths` (see `iter_batches`)."""
         return [r for batch in self.iter_batches(paths, workers=workers) for r in batch]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to build a `Detector`: the one builder of every engine (local scan, CLI, Ray workers). Picklable.
+
+    Args:
+        keys: the `WatermarkKey`s (with their secrets; never printed: `repr` shows key ids only).
+        model: the model spec whose tokenizer re-quantizes images (`guard.models.load_tokenizer`).
+        test, alpha, search, batch_size, max_pixels: as for `Detector`.
+        provenance: as for `Detector`: True reads Content Credentials with a default reader, a
+            `guard.provenance.ManifestReader` reads them with that reader (e.g. holding trust anchors; it
+            travels to workers with its certificates), False turns it off.
+
+    Example:
+        >>> spec = DetectorSpec(keys=(WatermarkKey.load("my.key"),), search=True)     # doctest: +SKIP
+        >>> det = spec.build()                                                        # doctest: +SKIP
+    """
+
+    keys: tuple
+    model: str = "reference"
+    test: str = "distinct"
+    alpha: float = 1e-4
+    search: bool = False
+    batch_size: int = 64
+    max_pixels: int = MAX_PIXELS
+    provenance: "bool | ManifestReader" = True
+
+    def build(self, tokenizer: Any = None) -> Detector:
+        """The `Detector` (loads the tokenizer unless given; derives each key's green lists)."""
+        from ..models import load_tokenizer
+        from ..watermark import GreenLists
+
+        if not self.keys:
+            raise ConfigError("DetectorSpec needs at least one key")
+        tok = tokenizer if tokenizer is not None else load_tokenizer(self.model)
+        lists = [GreenLists(k, tok) for k in self.keys]
+        return Detector(lists, tok, test=self.test, alpha=self.alpha, search=self.search,
+                        batch_size=self.batch_size, max_pixels=self.max_pixels, provenance=self.provenance)
+
+    def describe(self, detector: Detector) -> str:
+        """One log line: the looks behind each decision, the test and alpha."""
+        lists = sum(g.n_lists for g in detector.green_lists)
+        return (f"{detector.n_looks} looks per image ({lists} lists x {len(detector.transforms)} transforms); "
+                f"test {self.test}{' (approximate)' if self.test == 'tokens' else ''}, alpha {self.alpha:g}")

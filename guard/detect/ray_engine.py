@@ -18,8 +18,9 @@ Pipeline (one Ray Data dataset, streamed):
    than float32) and are turned back into the same float32 tensor on the detector
    (`guard.imageio.to_uint8` / `from_uint8`, exact inverses at 8-bit levels).
 3. **Detection** runs in an actor pool (`map_batches` with a callable class, `ActorPoolStrategy`): each
-   actor builds the tokenizer and the keys' green lists once, then runs the local scan's own
-   batch → records code (`Detector._detect_loaded`) on one chunk per call.
+   actor builds the driver's `DetectorSpec` once (the one detector builder, shared with the local scan:
+   tokenizer, the keys' green lists, the Content Credentials reader with its trust anchors), then runs
+   the local scan's own batch → records code (`Detector._detect_loaded`) on one chunk per call.
 4. **Output.** Each actor commits one shard per chunk to `<out>.shards/` (JSONL or Parquet): written to
    a hidden temp file, fsync'd, then atomically renamed to a name fixed by the chunk's content
    (`part-<position>-<sha1 of its paths>`). The driver then merges the shards into one output (the
@@ -55,8 +56,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, GuardError
-from ..imageio import MAX_PIXELS, LoadedImage, from_uint8, to_uint8
-from .detector import RECORD_FIELDS, DetectionRecord, Detector, _timed_load
+from ..imageio import LoadedImage, from_uint8, to_uint8
+from .detector import RECORD_FIELDS, DetectionRecord, Detector, DetectorSpec, _timed_load
 from .scan import FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state
 
 __all__ = ["DetectorSpec", "ShardStore", "RayScanResult", "WorkerStats", "ray_scan", "ray_cluster",
@@ -66,43 +67,6 @@ SHARD_FORMATS = ("jsonl", "parquet")
 DECODE_CPUS = 0.5               # logical CPUs one read/decode task asks for
 
 _log = logging.getLogger("guard.ray")
-
-
-# ---------------------------------------------------------------------------------------------- spec
-
-@dataclass(frozen=True)
-class DetectorSpec:
-    """Everything a worker needs to build the same `Detector` as the driver (picklable).
-
-    Args:
-        keys: the `WatermarkKey`s (with their secrets; never printed: `repr` shows key ids only).
-        model: the model spec whose tokenizer re-quantizes images (`guard.models.load_tokenizer`).
-        test, alpha, search, batch_size, max_pixels: as for `Detector`.
-        provenance: read Content Credentials into records where the Detector supports it (as the local
-            scan does); False turns it off.
-    """
-
-    keys: tuple
-    model: str = "reference"
-    test: str = "distinct"
-    alpha: float = 1e-4
-    search: bool = False
-    batch_size: int = 64
-    max_pixels: int = MAX_PIXELS
-    provenance: bool = True
-
-    def build(self, tokenizer: Any = None) -> Detector:
-        """The `Detector` (loads the tokenizer unless given; derives each key's green lists)."""
-        from ..models import load_tokenizer
-        from ..watermark import GreenLists
-
-        if not self.keys:
-            raise ConfigError("DetectorSpec needs at least one key")
-        tok = tokenizer if tokenizer is not None else load_tokenizer(self.model)
-        lists = [GreenLists(k, tok) for k in self.keys]
-        extra = {} if self.provenance else {"provenance": False}
-        return Detector(lists, tok, test=self.test, alpha=self.alpha, search=self.search,
-                        batch_size=self.batch_size, max_pixels=self.max_pixels, **extra)
 
 
 # ---------------------------------------------------------------------------------------------- shards

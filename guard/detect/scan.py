@@ -19,7 +19,7 @@ Guarantees:
   already done, and the scan skips them: interrupted + resumed = one uninterrupted scan, without
   duplicate rows.
 * **Exit codes** (`ScanSummary.exit_code`, over every row of the output incl. resumed ones):
-  3 if any file was unreadable, else 0 if any image is watermarked, else 1.
+  `ExitCode.of_detection`: 3 if any file was unreadable, else 0 if any image is watermarked, else 1.
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExitCode
 from .detector import RECORD_FIELDS, DetectionRecord, Detector
 from ..imageio import IMAGE_SUFFIXES
 
-__all__ = ["FORMATS", "ScanSummary", "ResumeState", "find_images", "open_writer", "read_resume_state", "scan",
-           "EXIT_WATERMARKED", "EXIT_NONE", "EXIT_UNREADABLE"]
+__all__ = ["FORMATS", "ScanSummary", "ResumeState", "find_images", "open_writer", "read_resume_state", "scan"]
 
 FORMATS = ("jsonl", "csv", "table")
-EXIT_WATERMARKED, EXIT_NONE, EXIT_UNREADABLE = 0, 1, 3
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -288,10 +286,8 @@ class ScanSummary:
 
     @property
     def exit_code(self) -> int:
-        """3 if some file was unreadable, else 0 if some image is watermarked, else 1."""
-        if self.n_errors:
-            return EXIT_UNREADABLE
-        return EXIT_WATERMARKED if self.n_watermarked else EXIT_NONE
+        """3 if some file was unreadable, else 0 if some image is watermarked, else 1 (`ExitCode.of_detection`)."""
+        return int(ExitCode.of_detection(self.n_watermarked, self.n_errors))
 
 
 def scan(detector: Detector, paths: Iterable, writer: _Writer, *, workers: int = 4,

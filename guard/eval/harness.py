@@ -310,23 +310,6 @@ class _State:
     ref_codes: dict = field(default_factory=dict)   # name -> codes of the un-attacked image (B, h, w)
 
 
-def _resolve_key(cfg: EvalConfig, tok):
-    from ..keys import WatermarkKey
-
-    if cfg.key is not None:
-        key = WatermarkKey.load(cfg.key)
-    else:
-        path = cfg.out / "eval.key"
-        if path.exists():
-            key = WatermarkKey.load(path)
-        else:
-            key = WatermarkKey.create(tok, gamma=cfg.gamma, n_lists=cfg.n_lists)
-            key.save(path)
-            _log(f"created evaluation key {key.key_id} at {path} (mode 0600)")
-    key.check_tokenizer(tok)
-    return key
-
-
 def _check_config(cfg: EvalConfig, meta: dict) -> None:
     path = cfg.out / "config.json"
     if path.exists():
@@ -348,6 +331,7 @@ def _check_config(cfg: EvalConfig, meta: dict) -> None:
 
 def _prepare(cfg: EvalConfig, progress) -> _State:
     from ..detect import Detector
+    from ..keys import resolve_key
     from ..models import load, load_tokenizer
     from ..watermark import GreenLists
 
@@ -355,7 +339,7 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     generator = load(cfg.model) if needs_generator else None
     tok = generator.tokenizer if generator is not None else load_tokenizer(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    key = _resolve_key(cfg, tok)
+    key = resolve_key(cfg.key, tok, create_at=cfg.out / "eval.key", gamma=cfg.gamma, n_lists=cfg.n_lists, log=_log)
     gl = GreenLists(key, tok)
     det = Detector(gl, tok, test=cfg.test, alpha=min(cfg.alphas), search=cfg.search, batch_size=cfg.batch_size)
     meta = {"identity": cfg.identity(), "key_id": key.key_id, "gamma": key.gamma, "n_lists": key.n_lists,

@@ -147,21 +147,13 @@ def forge(images: torch.Tensor, estimate: torch.Tensor, tokenizer, *, rounds: in
 
 
 def _resolve_key(cfg: SpoofConfig, k: int, tok):
-    from ..keys import WatermarkKey
+    """The key with K = k lists: `cfg.keys[k]`, or `out/keys/K{k}.key` (created on first use)."""
+    from ..keys import resolve_key
 
-    if cfg.keys and k in cfg.keys:
-        key = WatermarkKey.load(cfg.keys[k])
-        if key.n_lists != k:
-            raise ConfigError(f"key {cfg.keys[k]} has K={key.n_lists} lists, expected {k}")
-    else:
-        path = cfg.out / "keys" / f"K{k}.key"
-        if path.exists():
-            key = WatermarkKey.load(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = WatermarkKey.create(tok, gamma=cfg.gamma, n_lists=k)
-            key.save(path)
-    key.check_tokenizer(tok)
+    given = cfg.keys.get(k) if cfg.keys else None
+    key = resolve_key(given, tok, create_at=cfg.out / "keys" / f"K{k}.key", gamma=cfg.gamma, n_lists=k)
+    if key.n_lists != k:
+        raise ConfigError(f"key {given} has K={key.n_lists} lists, expected {k}")
     return key
 
 

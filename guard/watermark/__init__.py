@@ -5,6 +5,8 @@
     >>> gl = GreenLists(key, tokenizer)            # the one derivation embed/posthoc/detect share
     >>> proc = WatermarkProcessor(gl, delta=2.0)   # logits_processor=[proc] in any generate()
 
+`ManifestRow` is one line of the manifest.jsonl that `guard watermark generate|posthoc` write.
+
 `WatermarkProcessor` is imported on first use: it subclasses transformers' `LogitsProcessor`, and
 detection, which only needs `GreenLists`, should not pay for importing transformers.
 """
@@ -12,12 +14,14 @@ detection, which only needs `GreenLists`, should not pay for importing transform
 from typing import TYPE_CHECKING
 
 from .greenlists import RED_LOGIT, GreenLists
+from .manifest import MANIFEST_NAME, ManifestRow, read_manifest
 from .posthoc import PosthocResult, psnr, watermark_image
 
 if TYPE_CHECKING:
     from .processor import WatermarkProcessor
 
-__all__ = ["GreenLists", "PosthocResult", "RED_LOGIT", "WatermarkProcessor", "psnr", "watermark_image"]
+__all__ = ["GreenLists", "MANIFEST_NAME", "ManifestRow", "PosthocResult", "RED_LOGIT", "WatermarkProcessor", "psnr",
+           "read_manifest", "watermark_image"]
 
 
 def __getattr__(name: str):
