@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from guard.errors import ConfigError, ModelError
-from guard.erasure import EarConfig, erase, load_erased, read_delta, reference_concept
+from guard.erasure import EarConfig, erase, load_erased, read_delta
 from guard.erasure.evaluate import eval_prompts
-from guard.erasure.pairs import FORMS, ReferenceJudge, check_pair, swap_concept, target_prompts
+from guard.erasure.pairs import FORMS, check_pair, swap_concept
 from guard.imageio import quantize
-from guard.models.reference import load_classifier
+from guard.models import capability, judge_for, prompts_for
 from guard.models.reference.shapes import parse_prompt
 
 # The budget measured on reference-gpt@f94059e5158b (red rate 0.96 -> 0.13 on these prompts); it still passes on
@@ -25,7 +25,7 @@ SMALL = EarConfig(candidates=16, epochs=2, min_pairs=4, seed=0, lr=1e-4, mu=0.00
 
 @pytest.fixture(scope="module")
 def judge():
-    return ReferenceJudge(load_classifier())
+    return judge_for("reference")
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +52,7 @@ def test_small_erasure_lowers_the_concept_rate(gen, judge, erased_red):
 
 def _non_target_drift(gen, module, prompts, seed=23):
     """Relative MSE of a student's last hidden states against the base model's on the base's own rollouts."""
-    from guard.erasure.ear import ReferenceEarModel
-
-    model = ReferenceEarModel(gen)
+    model = capability(gen, "ear_model")(gen)
     codes = gen.generate(prompts, n=1, seed=seed).flatten(1)
     text = model.encode_prompts(prompts)
     with torch.no_grad():
@@ -66,13 +64,11 @@ def _non_target_drift(gen, module, prompts, seed=23):
 def test_preservation_keeps_non_target_prompts_closer_and_still_erases(gen, judge, erased_red, tmp_path):
     from dataclasses import replace
 
-    from guard.erasure.pairs import non_target_prompts
-
     red, blue = check_pair("red", "blue")
     kept = erase(gen, "red", "blue", replace(SMALL, preserve=4.0), out=tmp_path / "keep.safetensors", judge=judge)
     assert kept.card["preserve"] == 4.0 and kept.card["preserve_prompts"] == SMALL.preserve_prompts
     assert any("preserve_loss" in e for e in kept.log)
-    others = non_target_prompts([red, blue], 24, seed=77)  # not the training preservation prompts (other seed)
+    others = prompts_for(gen).non_target_prompts([red, blue], 24, seed=77)  # not the training preservation prompts (other seed)
     plain, preserved = _non_target_drift(gen, erased_red.module, others), _non_target_drift(gen, kept.module, others)
     print(f"non-target hidden-state drift: plain {plain:.4f}, preserve {preserved:.4f}")
     assert preserved < 0.7 * plain, (plain, preserved)
@@ -137,18 +133,19 @@ def test_bad_concept_or_replacement_is_a_clear_error(gen, concept, replacement, 
 
 
 def test_prompt_forms_keep_held_out_synonyms_out_of_training():
-    circle = reference_concept("disc")
+    source = prompts_for("reference")
+    circle = source.concept("disc")
     assert circle.name == "circle" and circle.heldout_words == ("round shape",)
-    train = target_prompts(circle, 40, seed=1, form="train", exclude=["square"])
-    held = target_prompts(circle, 40, seed=1, form="heldout_synonym")
-    para = target_prompts(circle, 40, seed=1, form="paraphrase")
+    train = source.target_prompts(circle, 40, seed=1, form="train", exclude=["square"])
+    held = source.target_prompts(circle, 40, seed=1, form="heldout_synonym")
+    para = source.target_prompts(circle, 40, seed=1, form="paraphrase")
     assert not any("round shape" in p for p in train)
     assert all("round shape" in p for p in held)
     assert any(" and " in p for p in para)
     for p in train + held + para:
         assert any(obj[0] == "circle" for obj in parse_prompt(p))
     assert not any(obj[0] == "square" for p in train for obj in parse_prompt(p))
-    assert swap_concept("a big red disc in the upper left", circle, reference_concept("square")) == \
+    assert swap_concept("a big red disc in the upper left", circle, source.concept("square")) == \
         "a big red square in the upper left"
     assert set(FORMS) == {"train", "heldout_synonym", "paraphrase"}
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from guard.erasure import EarConfig, changed_tensors, load_erased, save_delta, train_ear
-from guard.erasure.ear import JanusEarModel, ear_model_for
+from guard.erasure import ear_model_for
+from guard.models.janus_erasure import JanusConceptStream, JanusEarModel
 from guard.erasure.pairs import PromptPair
 
 
@@ -67,7 +68,6 @@ def test_ear_trains_only_attention_of_chosen_layers_and_delta_reloads(janus, tmp
 
 def test_concept_steering_stream_matches_teacher_forcing_and_eta_zero_is_a_no_op(janus):
     from guard.erasure import ConceptSteering
-    from guard.erasure.steer import JanusConceptStream
 
     model = ear_model_for(janus)
     codes = janus.generate(["a big blue dog"], n=2, seed=3).flatten(1)

@@ -106,6 +106,24 @@ def test_eval_refuses_to_resume_with_other_settings(soft_run):
         run_eval(EvalConfig(out=out, n=N, mode="hard", batch_size=N, attacks=ATTACKS), plots=False)
 
 
+def test_metrics_have_the_same_columns_whatever_the_data(soft_run):
+    """attack_metrics returns every column of metric_columns (None when not computable); report.csv has them."""
+    from guard.eval.harness import REPORT_KEYS, attack_metrics, metric_columns
+
+    out, summary = soft_run
+    rows = _rows(out / "jpeg__50" / "results.jsonl")
+    full = attack_metrics(rows)
+    assert list(full) == metric_columns()
+    one_clean = attack_metrics([r for r in rows if r["population"] == "watermarked"] + rows[-1:])
+    no_clean = attack_metrics([r for r in rows if r["population"] == "watermarked"])
+    for m in (one_clean, no_clean):
+        assert list(m) == list(full)
+    assert no_clean["auc"] is None and one_clean["tpr_at_fpr_0.01_split"] is None
+    header = (out / "report.csv").read_text().splitlines()[0].split(",")
+    assert header == [*REPORT_KEYS, *metric_columns()]
+    assert all(list(r) == list(summary["table"][0]) for r in summary["table"])
+
+
 def test_eval_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="mode"):
         EvalConfig(out=tmp_path, mode="medium")

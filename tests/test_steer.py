@@ -7,7 +7,7 @@ import torch
 
 from guard.errors import ConfigError
 from guard.erasure import ConceptSteering
-from guard.erasure.steer import ReferenceConceptStream
+from guard.models import capability
 from guard.models.reference.gpt import null_prompt, tokenize_prompts
 
 PROMPTS = ["a large red circle in the top left", "a small blue square in the bottom right"]
@@ -22,7 +22,7 @@ def test_eta_zero_is_an_exact_no_op(gen):
 
 def test_stream_matches_teacher_forced_logits(gen):
     codes = gen.generate(PROMPTS, n=1, seed=4).flatten(1)
-    stream = ReferenceConceptStream(gen.gpt)
+    stream = capability(gen, "concept_stream")(gen)          # the reference kind's stream over its GPT
     got = [stream.start(["a circle", ""], 2)] + [stream.step(codes[:, t]) for t in range(7)]
     text = torch.cat([tokenize_prompts(["a circle"] * 2), null_prompt(2)])
     with torch.no_grad():

@@ -70,7 +70,7 @@ def train(
     from ..models import load
 
     with exit_on_error():
-        check_pair(concept, replacement)
+        check_pair(concept, replacement, model)
         if threads:
             torch.set_num_threads(threads)
         if out.exists() and not force:
@@ -124,18 +124,19 @@ def evaluate(
     from rich.table import Table
 
     from ..erasure import ConceptSteering, check_pair, load_erased
+    from ..erasure.steer import STEER_PROMPT
     from ..erasure.evaluate import Variant, evaluate_erasure
     from ..models import load
 
     with exit_on_error():
         if threads:
             torch.set_num_threads(threads)
-        c, _ = check_pair(concept, replacement)
+        c, _ = check_pair(concept, replacement, model)
         if not erased and not steer:
             raise ConfigError("nothing to evaluate: pass --erased DELTA and/or --steer ETA")
         base = load(model)
         variants = [Variant(f"ear:{p.stem}", load_erased(base, p)) for p in (erased or [])]
-        prompt = steer_prompt or f"a {c.name}"
+        prompt = steer_prompt or STEER_PROMPT.format(concept=c.name)
         for eta in steer or []:
             anchors = {prompt: steer_anchor} if steer_anchor else None
             variants.append(Variant(f"steer:{eta:g}" + ("-anchored" if anchors else ""), base,

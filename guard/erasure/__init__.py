@@ -6,14 +6,18 @@
     >>> erase(gen, "circle", "square", EarConfig(), out="erase-circle.safetensors")
     >>> erased = load_erased(gen, "erase-circle.safetensors")          # base + delta
     >>> steer = ConceptSteering(gen, {"a circle": 4.0})                  # no training
+
+Model-specific pieces come from the model kind's capabilities (`guard.models.registry`): `ear_model`
+(what EAR fine-tunes), `concept_stream` (what steering runs), `prompts` (concepts, templates) and `judge`
+(the visual filter and the evaluation). A new model plugs in with `guard.models.register_kind`.
 """
 
 from .delta import apply_delta, changed_tensors, load_erased, read_delta, save_delta
-from .ear import EarConfig, EarModel, EarResult, ear_model_for, erase, register_ear_model, train_ear
-from .pairs import Concept, ReferenceJudge, check_pair, reference_concept
-from .steer import ConceptSteering, concept_stream_for, register_concept_stream
+from .ear import EarConfig, EarResult, erase, train_ear
+from .ear_model import EarModel, ear_model_for
+from .pairs import Concept, check_pair
+from .steer import ConceptSteering, concept_stream_for
 
-__all__ = ["ConceptSteering", "Concept", "EarConfig", "EarModel", "EarResult", "ReferenceJudge", "apply_delta",
-           "changed_tensors", "check_pair", "concept_stream_for", "ear_model_for", "erase", "load_erased",
-           "read_delta", "reference_concept", "register_concept_stream", "register_ear_model", "save_delta",
+__all__ = ["ConceptSteering", "Concept", "EarConfig", "EarModel", "EarResult", "apply_delta", "changed_tensors",
+           "check_pair", "concept_stream_for", "ear_model_for", "erase", "load_erased", "read_delta", "save_delta",
            "train_ear"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .ear_model import ear_model_for
 
 __all__ = ["changed_tensors", "save_delta", "read_delta", "apply_delta", "load_erased"]
 
@@ -89,22 +90,12 @@ def apply_delta(module: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Modul
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_erased(generator, path: str | Path):
     """Base generator + delta -> an erased generator (a copy; `generator` is not modified).
 
     Raises `ModelError` when the delta was trained on another base model (the card's `base_model` must
     equal `generator.id`) or does not fit the network.
     """
-    from .ear import ear_model_for
-
     path = Path(path)
     tensors, card = read_delta(path)
     base_id = getattr(generator, "id", None)
@@ -113,7 +104,7 @@ def load_erased(generator, path: str | Path):
                          f"retrain it with `guard erase train` for this model")
     model = ear_model_for(generator)
     erased = model.with_module(apply_delta(model.module, tensors))
-    erased_id = f"{base_id}+erase-{card.get('concept')}@{_file_sha256(path)[:12]}"
+    erased_id = f"{base_id}+erase-{card.get('concept')}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
     try:
         erased._id = erased_id  # reference generators keep their id here
     except AttributeError:

@@ -36,162 +36,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..models import ConceptJudge, judge_for, prompts_for
 from .delta import changed_tensors, save_delta
-from .pairs import PromptPair, ReferenceJudge, check_pair, filter_pairs, training_pairs
+from .ear_model import EarModel, ear_model_for
+from .pairs import PromptPair, check_pair, filter_pairs, training_pairs
 
-__all__ = ["EarConfig", "EarModel", "EarResult", "ReferenceEarModel", "ear_model_for", "erase", "train_ear"]
-
-
-# ------------------------------------------------------------------------------------------ model interface
-@runtime_checkable
-class EarModel(Protocol):
-    """What EAR needs from a generator: its trainable network, hidden states, and named attention weights.
-
-    `module` is the network whose `state_dict` keys name the delta's tensors. `image_hidden(module, text,
-    codes)` runs `module` teacher-forced on prompts `text` (as returned by `encode_prompts`) and image codes
-    (B, n) and returns the last hidden states (B, n, d) at the positions that predict codes[:, 0..n-1]
-    (position t sees only codes < t). `attention_parameter_names(layers)` lists the attention projection
-    parameters of those layer indices.
-    """
-
-    module: nn.Module
-    n_layers: int
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor: ...
-
-    def image_hidden(self, module: nn.Module, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor: ...
-
-    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]: ...
-
-    def with_module(self, module: nn.Module):
-        """A generator like the original whose network is `module` (used to load base + delta)."""
-
-
-class ReferenceEarModel:
-    """EAR interface of the reference ShapesGPT: blocks[i].qkv and blocks[i].proj are the attention projections."""
-
-    def __init__(self, generator) -> None:
-        self.generator = generator
-        self.module = generator.gpt
-        self.n_layers = len(self.module.blocks)
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        from ..models.reference.gpt import tokenize_prompts
-
-        return tokenize_prompts(list(prompts))
-
-    def image_hidden(self, module: nn.Module, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        return module.hidden_states(text, codes)[-1][:, module.cfg.text_len:]
-
-    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
-        return [f"blocks.{i}.{lin}.{p}" for i in layers for lin in ("qkv", "proj") for p in ("weight", "bias")]
-
-    def with_module(self, module: nn.Module):
-        erased = copy.copy(self.generator)
-        erased.gpt = module.eval()
-        return erased
-
-
-@dataclass(frozen=True)
-class _TextBatch:
-    """Left-padded prompt ids + attention mask that index like a tensor (for real-model adapters)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def __getitem__(self, idx) -> "_TextBatch":
-        return _TextBatch(self.input_ids[idx], self.attention_mask[idx])
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-class JanusEarModel:
-    """EAR interface of a `guard.models.janus.JanusGenerator`.
-
-    Hidden states: the language model run on [prompt (chat template + <begin_of_image>) | generation
-    embeddings of the image codes], teacher-forced; the last hidden state at the <begin_of_image> position
-    and at each image position predicts the next code. Attention projections: every parameter under
-    `layers.{i}.self_attn.` of the language model (q/k/v/o, as EAR trains on Janus-Pro).
-    """
-
-    def __init__(self, generator) -> None:
-        self.generator = generator
-        self.module = generator.model
-        self.n_layers = len(self.module.model.language_model.layers)
-
-    def encode_prompts(self, prompts: Sequence[str]) -> _TextBatch:
-        encoded = [self.generator.encode_prompts([p]) for p in prompts]
-        width = max(e["input_ids"].shape[1] for e in encoded)
-        pad = self.module.generation_config.pad_token_id or 0
-        ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        for i, e in enumerate(encoded):
-            n = int(e["attention_mask"][0].sum())
-            ids[i, width - n:] = e["input_ids"][0, -n:].cpu()
-            mask[i, width - n:] = 1
-        return _TextBatch(ids, mask)
-
-    def image_hidden(self, module: nn.Module, text: _TextBatch, codes: torch.Tensor) -> torch.Tensor:
-        device = next(module.parameters()).device
-        ids, mask = text.input_ids.to(device), text.attention_mask.to(device)
-        x = module.get_input_embeddings()(ids)
-        if codes.shape[1] > 1:
-            img = self.code_embeddings(module, codes[:, :-1].to(device))
-            x = torch.cat([x, img.to(x.dtype)], 1)
-            mask = torch.cat([mask, torch.ones(len(ids), codes.shape[1] - 1, dtype=mask.dtype, device=device)], 1)
-        out = module.model.language_model(inputs_embeds=x, attention_mask=mask, use_cache=False)
-        return out.last_hidden_state[:, ids.shape[1] - 1:].float()
-
-    @staticmethod
-    def code_embeddings(module: nn.Module, codes: torch.Tensor) -> torch.Tensor:
-        """Janus's image-generation input embeddings of codes (the class method: the adapter wraps the
-        instance attribute during generation to record sampled tokens)."""
-        return type(module).prepare_embeddings_for_image_generation(module, codes)
-
-    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
-        import re
-
-        wanted = re.compile(r"(^|\.)language_model\.layers\.(" + "|".join(str(i) for i in layers) + r")\.self_attn\.")
-        return [n for n, _ in self.module.named_parameters() if wanted.search(n)]
-
-    def with_module(self, module: nn.Module):
-        erased = copy.copy(self.generator)
-        erased.model = module.eval()
-        return erased
-
-
-def _is_janus(generator) -> bool:
-    return type(generator).__name__ == "JanusGenerator" and type(generator).__module__.endswith("models.janus")
-
-
-_ADAPTERS: list[tuple[Callable[[object], bool], Callable[[object], EarModel]]] = [(_is_janus, JanusEarModel)]
-
-
-def register_ear_model(matches: Callable[[object], bool], factory: Callable[[object], EarModel]) -> None:
-    """Teach `ear_model_for` a new generator type (e.g. a real-model adapter)."""
-    _ADAPTERS.append((matches, factory))
-
-
-def ear_model_for(generator) -> EarModel:
-    """The `EarModel` of a generator: the reference generator, a registered adapter, or an `EarModel` itself."""
-    from ..models.reference import ReferenceGenerator
-
-    if isinstance(generator, ReferenceGenerator):
-        return ReferenceEarModel(generator)
-    for matches, factory in _ADAPTERS:
-        if matches(generator):
-            return factory(generator)
-    if isinstance(generator, EarModel):
-        return generator
-    raise ModelError(f"EAR does not know how to fine-tune {type(generator).__name__}; it needs hidden states and "
-                     f"named attention projections (see guard.erasure.ear.EarModel and register_ear_model)")
+__all__ = ["EarConfig", "EarModel", "EarResult", "ear_model_for", "erase", "train_ear"]
 
 
 # ------------------------------------------------------------------------------------------ config and result
@@ -356,23 +211,23 @@ def train_ear(model: EarModel, pairs: Sequence[PromptPair], config: EarConfig,
 
 
 def erase(generator, concept: str, replacement: str, config: EarConfig | None = None, *,
-          out: str | Path | None = None, judge: ReferenceJudge | None = None,
+          out: str | Path | None = None, judge: ConceptJudge | None = None,
           progress: Callable[[dict], None] | None = None) -> EarResult:
     """Erase `concept` (replaced by `replacement`) from `generator` with EAR; optionally save the delta.
 
     Steps: candidate pairs from templates -> visual filter (rollouts from the original model) -> EAR
-    training -> delta of the changed tensors (+ card). Raises `ConfigError` for an unknown or mismatched
-    concept/replacement, or when the filter keeps fewer than `config.min_pairs` pairs.
+    training -> delta of the changed tensors (+ card). The prompts and the judge (default) are the
+    generator's model kind's (`guard.models.prompts_for`, `judge_for`). Raises `ConfigError` for an unknown or
+    mismatched concept/replacement, or when the filter keeps fewer than `config.min_pairs` pairs; `ModelError`
+    when the kind offers no EAR model, prompts or judge.
     """
     config = config or EarConfig()
-    c, r = check_pair(concept, replacement)
+    c, r = check_pair(concept, replacement, generator)
     t0 = time.time()
     model = ear_model_for(generator)
     if judge is None:
-        from ..models.reference import load_classifier
-
-        judge = ReferenceJudge(load_classifier())
-    candidates = training_pairs(c, r, config.candidates, seed=config.seed)
+        judge = judge_for(generator)
+    candidates = training_pairs(prompts_for(generator), c, r, config.candidates, seed=config.seed)
     kept, filter_stats = filter_pairs(candidates, generator, judge, c, seed=config.seed, cfg=config.cfg)
     if progress is not None:
         progress({"filter": filter_stats})
@@ -415,9 +270,8 @@ def preservation_rollouts(generator, concept, replacement, config: EarConfig) ->
 
     Drawn with a seed of their own (not the evaluation's prompts/seeds, `guard.erasure.evaluate`).
     """
-    from .pairs import non_target_prompts
-
-    prompts = non_target_prompts([concept, replacement], config.preserve_prompts, seed=config.seed + 104_729)
+    prompts = prompts_for(generator).non_target_prompts([concept, replacement], config.preserve_prompts,
+                                                        seed=config.seed + 104_729)
     codes = generator.generate(prompts, n=1, seed=config.seed + 104_729, cfg=config.cfg)
     return [(p, codes[i].flatten().clone()) for i, p in enumerate(prompts)]
 

@@ -5,7 +5,8 @@ For every variant (the original model, EAR deltas, steering processors…) on th
 - concept rate on target prompts, split by form: the training template, synonyms never used in training,
   paraphrases (other templates); with exact Clopper-Pearson intervals;
 - replacement rate on the same prompts (how often the replacement shows up instead);
-- prompt adherence on non-target prompts (shape / colour / both, by the reference classifier);
+- prompt adherence on non-target prompts (shape / colour / both, by the model kind's judge: the reference
+  scene classifier);
 - token agreement with the original model on the same prompts and seeds;
 - an exact McNemar test of each paired change against the original, Holm-corrected over all rows;
 - a before/after image grid (PNG), `report.json` and `report.csv`.
@@ -33,9 +34,11 @@ from scipy.stats import binomtest
 
 from ..errors import ConfigError
 from ..imageio import quantize, to_pil
-from .pairs import FORMS, Concept, ReferenceJudge, check_pair, non_target_prompts, reference_concept, target_prompts
+from ..models import ConceptJudge, judge_for, prompts_for
+from .pairs import FORMS, Concept, check_pair
 
-__all__ = ["Variant", "EvalPrompts", "evaluate_erasure", "eval_prompts", "ROW_FIELDS"]
+__all__ = ["Variant", "EvalPrompts", "evaluate_erasure", "eval_prompts", "summarize_rows", "ROW_FIELDS",
+           "SUMMARY_FIELDS"]
 
 ROW_FIELDS = ("variant", "prompt_set", "n", "concept_rate", "concept_ci_low", "concept_ci_high", "replacement_rate",
               "adherence_shape", "adherence_colour", "adherence_both", "token_agreement", "mcnemar_p", "holm_p")
@@ -59,20 +62,22 @@ class EvalPrompts:
 
 
 def eval_prompts(concept: Concept, replacement: Concept, n_target: int, n_non_target: int, *, seed: int,
-                 also_avoid: Sequence[Concept] = ()) -> EvalPrompts:
+                 also_avoid: Sequence[Concept] = (), model: object = "reference") -> EvalPrompts:
     """Target prompts, a third of each form (training template, held-out synonyms, paraphrases), and non-target ones.
 
     Seeds are offset from training's, so no evaluation prompt set is the training set (the held-out synonym
-    and paraphrase forms never occur in training at all).
+    and paraphrase forms never occur in training at all). The templates are `model`'s kind's
+    (`guard.models.prompts_for`).
     """
+    source = prompts_for(model)
     if n_target < len(FORMS) or n_non_target < 1:
         raise ConfigError(f"need n_target >= {len(FORMS)} and n_non_target >= 1, got {n_target}, {n_non_target}")
     target, forms = [], []
     for i, form in enumerate(FORMS):
         k = n_target // len(FORMS) + (1 if i < n_target % len(FORMS) else 0)
-        target += target_prompts(concept, k, seed=seed + 7919, form=form, exclude=[replacement.name])
+        target += source.target_prompts(concept, k, seed=seed + 7919, form=form, exclude=[replacement.name])
         forms += [form] * k
-    non_target = non_target_prompts([concept, replacement, *also_avoid], n_non_target, seed=seed + 7919)
+    non_target = source.non_target_prompts([concept, replacement, *also_avoid], n_non_target, seed=seed + 7919)
     return EvalPrompts(target, forms, non_target)
 
 
@@ -121,40 +126,6 @@ def _holm(ps: list[float | None]) -> list[float | None]:
     return out
 
 
-def _adherence(pred: torch.Tensor, prompts: list[str]) -> tuple[dict[str, float], torch.Tensor]:
-    from ..models.reference.shapes import COLOURS, POSITIONS, SHAPES, parse_prompt
-
-    s_ok = c_ok = b_ok = n = 0
-    per_image = torch.zeros(len(prompts), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        good = True
-        for shape, colour, _size, pos in parse_prompt(p):
-            q = POSITIONS.index(pos)
-            s = int(pred[i, q, 0]) == SHAPES.index(shape) + 1
-            c = int(pred[i, q, 1]) == COLOURS.index(colour)
-            s_ok, c_ok, b_ok, n = s_ok + s, c_ok + c, b_ok + (s and c), n + 1
-            good &= s and c
-        per_image[i] = good
-    return {"shape": s_ok / n, "colour": c_ok / n, "both": b_ok / n}, per_image
-
-
-def _replacement_at_prompt(pred: torch.Tensor, prompts: list[str], concept: Concept, replacement: Concept) -> torch.Tensor:
-    """Bool per image: the quadrant where the concept was asked for shows the replacement instead."""
-    from ..models.reference.shapes import COLOURS, POSITIONS, SHAPES, parse_prompt
-
-    out = torch.zeros(len(prompts), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        for shape, colour, _size, pos in parse_prompt(p):
-            if concept.name not in (shape, colour):
-                continue
-            q = POSITIONS.index(pos)
-            if replacement.kind == "shape":
-                out[i] |= int(pred[i, q, 0]) == SHAPES.index(replacement.name) + 1
-            else:
-                out[i] |= bool(pred[i, q, 0] > 0) and int(pred[i, q, 1]) == COLOURS.index(replacement.name)
-    return out
-
-
 def save_grid(images: Sequence[torch.Tensor], labels: Sequence[str], path: Path, scale: int = 2) -> Path:
     """Rows of images (each (k,3,H,W) in [0,1]) with a text label to the left of each row."""
     from PIL import Image, ImageDraw
@@ -174,7 +145,7 @@ def save_grid(images: Sequence[torch.Tensor], labels: Sequence[str], path: Path,
 
 
 def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacement: str, *, n_target: int = 256,
-                     n_non_target: int = 256, seed: int = 0, cfg: float = 3.0, judge: ReferenceJudge | None = None,
+                     n_non_target: int = 256, seed: int = 0, cfg: float = 3.0, judge: ConceptJudge | None = None,
                      out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                      also_avoid: Sequence[str] = (), grid_columns: int = 8,
                      log: Callable[[str], None] = lambda s: None) -> dict:
@@ -184,16 +155,15 @@ def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacemen
     and the paths written under `out_dir` (report.json, report.csv, grid.png). `also_avoid`: further
     concepts the non-target prompts must not name (e.g. the other concept of a joint measurement).
     """
-    c, r = check_pair(concept, replacement)
+    c, r = check_pair(concept, replacement, base)
     names = [v.name for v in variants]
     if len(set(names)) != len(names) or "original" in names:
         raise ConfigError(f"variant names must be unique and not 'original', got {names}")
     if judge is None:
-        from ..models.reference import load_classifier
-
-        judge = ReferenceJudge(load_classifier())
-    prompts = eval_prompts(c, r, n_target, n_non_target, seed=seed,
-                           also_avoid=[reference_concept(a) for a in also_avoid])
+        judge = judge_for(base)
+    source = prompts_for(base)
+    prompts = eval_prompts(c, r, n_target, n_non_target, seed=seed, also_avoid=[source.concept(a) for a in also_avoid],
+                           model=base)
     cache = Path(cache_dir) if cache_dir is not None else None
     everyone = [Variant("original", base)] + list(variants)
     results: dict[str, dict] = {}
@@ -202,11 +172,11 @@ def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacemen
         n_codes = _generate(v, prompts.non_target, seed + 1, cfg, cache, log)
         tok = v.generator.tokenizer
         t_img, n_img = quantize(tok.decode(t_codes)), quantize(tok.decode(n_codes))
-        t_pred, n_pred = judge.predict(t_img), judge.predict(n_img)
+        t_pred = judge.predict(t_img)
         results[v.name] = {"t_codes": t_codes, "n_codes": n_codes, "t_img": t_img,
                            "present": judge.present_in(t_pred, c),
-                           "replaced": _replacement_at_prompt(t_pred, prompts.target, c, r),
-                           "adherence": _adherence(n_pred, prompts.non_target)}
+                           "replaced": judge.replaced_at_prompt(t_pred, prompts.target, c, r),
+                           "adherence": judge.adherence(n_img, prompts.non_target)}
     base_res = results["original"]
     forms = torch.tensor([FORMS.index(f) for f in prompts.forms])
     rows = []
@@ -237,7 +207,7 @@ def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacemen
                 row[k] = round(val, 6)
     report = {"concept": c.name, "replacement": r.name, "heldout_words": list(c.heldout_words),
               "train_words": list(c.train_words), "n_target": n_target, "n_non_target": n_non_target, "seed": seed,
-              "cfg": cfg, "judge": "reference scene classifier (any quadrant)", "variants":
+              "cfg": cfg, "judge": getattr(judge, "description", type(judge).__name__), "variants":
               {v.name: {"model": getattr(v.generator, "id", ""), "description": v.description} for v in everyone},
               "rows": rows}
     if out_dir is not None:
@@ -254,6 +224,27 @@ def evaluate_erasure(base, variants: Sequence[Variant], concept: str, replacemen
             w.writeheader()
             w.writerows(rows)
     return report
+
+
+SUMMARY_FIELDS = ("rate_target", *(f"rate_{f}" for f in FORMS), "non_target_adherence_shape",
+                  "non_target_adherence_colour", "non_target_token_agreement")
+"""The columns of `summarize_rows`, the same for every variant."""
+
+
+def summarize_rows(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per variant, the figures a report is read for: the concept rate on each target prompt set and the
+    non-target adherence (shape, colour) and token agreement. Every variant has the keys `SUMMARY_FIELDS`
+    (None where its rows lack the set)."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        v = out.setdefault(row["variant"], dict.fromkeys(SUMMARY_FIELDS))
+        if row["prompt_set"] == "non_target":
+            v["non_target_adherence_shape"] = row["adherence_shape"]
+            v["non_target_adherence_colour"] = row["adherence_colour"]
+            v["non_target_token_agreement"] = row["token_agreement"]
+        else:
+            v[f"rate_{row['prompt_set'].replace('target/', '')}"] = row["concept_rate"]
+    return out
 
 
 def _grid_columns(forms: list[str], k: int) -> list[int]:

@@ -26,22 +26,27 @@ guidance u + s(c − u) has weights summing to 1 the guided result is identical.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
 from transformers import LogitsProcessor
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
+from ..models import capability
 
-__all__ = ["ConceptSteering", "ConceptStream", "JanusConceptStream", "ReferenceConceptStream", "concept_stream_for",
-           "register_concept_stream"]
+__all__ = ["ConceptSteering", "ConceptStream", "STEER_PROMPT", "concept_stream_for"]
+
+STEER_PROMPT = "a {concept}"
+"""The default concept prompt of steering: `STEER_PROMPT.format(concept="circle")` is "a circle"."""
 
 
 class ConceptStream(Protocol):
-    """Incremental next-code logits for fixed prompts, fed the generated codes one step at a time."""
+    """Incremental next-code logits for fixed prompts, fed the generated codes one step at a time.
+
+    A model kind offers one as its `concept_stream` capability (`guard.models.registry`).
+    """
 
     def start(self, prompts: Sequence[str], batch: int) -> torch.Tensor:
         """Reset; rows are prompt-major (prompt j, image i) -> row j*batch + i. Returns logits for position 0."""
@@ -50,124 +55,12 @@ class ConceptStream(Protocol):
         """Feed the codes (batch,) just sampled; returns (len(prompts)*batch, V) logits for the next position."""
 
 
-class ReferenceConceptStream:
-    """`ConceptStream` over the reference ShapesGPT, with its own KV cache."""
-
-    def __init__(self, gpt) -> None:
-        self.gpt = gpt
-        self._cache: list | None = None
-        self._t = 0
-        self._reps = 1
-
-    @torch.no_grad()
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        for i, blk in enumerate(self.gpt.blocks):
-            x = blk(x, self._cache, i)
-        return self.gpt.head(self.gpt.ln_f(x[:, -1])).float()
-
-    @torch.no_grad()
-    def start(self, prompts: Sequence[str], batch: int) -> torch.Tensor:
-        from ..models.reference.gpt import null_prompt, tokenize_prompts
-
-        text = [null_prompt(1) if p == "" else tokenize_prompts([p]) for p in prompts]
-        ids = torch.cat([t.expand(batch, -1) for t in text])
-        self._cache = [None] * len(self.gpt.blocks)
-        self._t = 0
-        self._reps = len(prompts)
-        return self._run(self.gpt.embed_prefix(ids))
-
-    @torch.no_grad()
-    def step(self, codes: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            raise RuntimeError("call start() first")
-        pos = self.gpt.cfg.text_len + 1 + self._t
-        self._t += 1
-        embed = getattr(self.gpt, "embed_codes", self.gpt.image_emb)  # FSQ-level embeddings when the GPT has them
-        x = embed(codes.repeat(self._reps))[:, None] + self.gpt.pos[:, pos: pos + 1]
-        return self._run(x)
-
-
-class JanusConceptStream:
-    """`ConceptStream` over a `guard.models.janus.JanusGenerator`'s language model, with its own KV cache.
-
-    The empty prompt "" stands for Janus's unconditional branch: the first concept prompt with every token
-    but BOS and <begin_of_image> replaced by padding, as Janus builds its own unconditional rows.
-    """
-
-    def __init__(self, generator) -> None:
-        from .ear import JanusEarModel
-
-        self.ear = JanusEarModel(generator)
-        self.model = generator.model
-        self._cache = None
-        self._mask: torch.Tensor | None = None
-        self._reps = 1
-
-    def _head(self, out) -> torch.Tensor:
-        return self.model.model.generation_head(out.last_hidden_state[:, -1]).float()
-
-    @torch.no_grad()
-    def start(self, prompts: Sequence[str], batch: int) -> torch.Tensor:
-        concept = [p for p in prompts if p] or ["a"]
-        text = self.ear.encode_prompts(concept)
-        gc = self.model.generation_config
-        keep = torch.tensor([t for t in (gc.bos_token_id, gc.generation_kwargs.get("boi_token_id")) if t is not None])
-        null_ids = text.input_ids[:1].masked_fill(~torch.isin(text.input_ids[:1], keep), int(gc.pad_token_id or 0))
-        rows_ids, rows_mask = [], []
-        for p in prompts:
-            i = concept.index(p) if p else None
-            ids = null_ids if i is None else text.input_ids[i:i + 1]
-            mask = text.attention_mask[:1] if i is None else text.attention_mask[i:i + 1]
-            rows_ids.append(ids.expand(batch, -1))
-            rows_mask.append(mask.expand(batch, -1))
-        device = next(self.model.parameters()).device
-        ids, self._mask = torch.cat(rows_ids).to(device), torch.cat(rows_mask).to(device)
-        out = self.model.model.language_model(inputs_embeds=self.model.get_input_embeddings()(ids),
-                                              attention_mask=self._mask, use_cache=True)
-        self._cache, self._reps = _cache_of(out), len(prompts)
-        return self._head(out)
-
-    @torch.no_grad()
-    def step(self, codes: torch.Tensor) -> torch.Tensor:
-        if self._cache is None:
-            raise RuntimeError("call start() first")
-        x = self.ear.code_embeddings(self.model, codes.repeat(self._reps)[:, None].to(self._mask.device))
-        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], 1)
-        lm = self.model.model.language_model
-        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-        out = lm(inputs_embeds=x, attention_mask=self._mask, use_cache=True, **{key: self._cache})
-        self._cache = _cache_of(out)
-        return self._head(out)
-
-
-def _cache_of(out):
-    """The KV cache of a transformers model output (`cache` in transformers 5, `past_key_values` before)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _is_janus(generator) -> bool:
-    return type(generator).__name__ == "JanusGenerator" and type(generator).__module__.endswith("models.janus")
-
-
-_STREAMS: list[tuple[Callable[[object], bool], Callable[[object], ConceptStream]]] = [(_is_janus, JanusConceptStream)]
-
-
-def register_concept_stream(matches: Callable[[object], bool], factory: Callable[[object], ConceptStream]) -> None:
-    """Teach `concept_stream_for` a new generator type."""
-    _STREAMS.append((matches, factory))
-
-
 def concept_stream_for(generator) -> ConceptStream:
-    from ..models.reference import ReferenceGenerator
+    """The `ConceptStream` of a generator: its model kind's `concept_stream` capability.
 
-    if isinstance(generator, ReferenceGenerator):
-        return ReferenceConceptStream(generator.gpt)
-    for matches, factory in _STREAMS:
-        if matches(generator):
-            return factory(generator)
-    raise ModelError(f"ConceptSteering has no concept stream for {type(generator).__name__}; pass stream= "
-                     f"(a guard.erasure.steer.ConceptStream) or register one")
+    Raises `ModelError` naming the kind when it offers none (pass `stream=` to `ConceptSteering` instead).
+    """
+    return capability(generator, "concept_stream")(generator)
 
 
 class ConceptSteering(LogitsProcessor):

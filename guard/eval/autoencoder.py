@@ -112,7 +112,7 @@ def train(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
     from ..imageio import from_uint8, quantize
-    from ..models.reference.data import HELDOUT_SEED_BASE, cached_dataset
+    from ..models import prompts_for
 
     p = argparse.ArgumentParser(prog="python -m guard.eval.autoencoder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,8 +128,9 @@ def train(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    imgs, _, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
-    test, _, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
+    scenes = prompts_for("reference")          # rendered reference scenes: the attack never sees a watermark
+    imgs = scenes.training_images(args.n_train, workdir=args.workdir)
+    test = scenes.training_images(1000, workdir=args.workdir, heldout=True)
     x_all = torch.from_numpy(imgs)
     x_test = from_uint8(test)
     model = ConvAutoencoder()

@@ -46,8 +46,8 @@ from . import regeneration  # noqa: F401  (registers the regeneration attacks)
 from .attacks import ATTACKS, AttackContext, apply_attack, param_label, parse_attack_list
 from .metrics import ALPHAS, FPRS, auc, psnr, ssim, token_match, tpr_at_alpha, tpr_at_fpr
 
-__all__ = ["EvalConfig", "run_eval", "summarize", "MODES", "POPULATIONS", "SUMMARY_FAMILIES", "TARGETS",
-           "generate_population", "eval_prompts", "padded_count"]
+__all__ = ["EvalConfig", "run_eval", "summarize", "attack_metrics", "metric_columns", "MODES", "POPULATIONS",
+           "REPORT_KEYS", "SUMMARY_FAMILIES", "TARGETS", "generate_population", "eval_prompts", "padded_count"]
 
 MODES = ("soft", "hard", "posthoc", "folders")
 POPULATIONS = ("watermarked", "clean")
@@ -59,7 +59,6 @@ SUMMARY_FAMILIES = {
 one by one at their summary strength."""
 TARGETS = {"none": ("tpr_at_fpr_0.001", 0.999), "valuemetric": ("tpr_at_fpr_0.01", 0.95),
            "geometric": ("tpr_at_fpr_0.01", 0.90), "regeneration": ("tpr_at_fpr_0.01", 0.80)}
-PROMPT_SEED_BASE = 20_000_000
 
 
 @dataclass
@@ -161,12 +160,11 @@ def padded_count(n: int, batch_size: int) -> int:
     return -(-n // batch_size) * batch_size
 
 
-def eval_prompts(n: int, seed: int = 0) -> list[str]:
-    """N reference prompts from scenes the generator never trained on (seeds from PROMPT_SEED_BASE)."""
-    from ..models.reference.shapes import prompt_for, sample_scene
+def eval_prompts(n: int, seed: int = 0, model: object = "reference") -> list[str]:
+    """N prompts from scenes the generator never trained on: the `prompts` capability of `model`'s kind."""
+    from ..models import prompts_for
 
-    base = PROMPT_SEED_BASE + 100_000 * seed
-    return [prompt_for(sample_scene(base + i, split="any"), base + i) for i in range(n)]
+    return prompts_for(model).eval_prompts(n, seed)
 
 
 # ---------------------------------------------------------------------------------------------- populations
@@ -235,23 +233,22 @@ def generate_population(generator, green_lists, n: int, *, folder: Path, prompts
             "list_index": np.concatenate([p["list_index"] for p in parts])[:n], "prompts": list(prompts[:n])}
 
 
-def _render_population(n: int, seed: int, size: int) -> np.ndarray:
-    from ..models.reference.shapes import render, sample_scene
+def _render_population(n: int, seed: int, size: int, model: object) -> np.ndarray:
+    from ..models import prompts_for
 
-    base = PROMPT_SEED_BASE + 100_000 * seed
-    imgs = np.stack([render(sample_scene(base + i, split="any")) for i in range(n)])
+    imgs = prompts_for(model).eval_images(n, seed)
     if imgs.shape[1] != size:
         raise ConfigError(f"rendered scenes are {imgs.shape[1]}px but the tokenizer wants {size}px; mode 'posthoc' "
-                          f"renders reference scenes, use mode 'folders' for other models")
+                          f"renders the model kind's evaluation scenes, use mode 'folders' for other models")
     return imgs
 
 
 def _posthoc_population(tok, green_lists, n: int, *, folder: Path, seed: int, min_psnr: float, batch_size: int,
-                        on_chunk=None) -> tuple[dict, dict]:
+                        model: object = "reference", on_chunk=None) -> tuple[dict, dict]:
     """Render n held-out scenes (clean) and mark them post hoc (watermarked); PSNR/SSIM per image."""
     from ..watermark import watermark_image
 
-    clean_all = _render_population(n, seed, tok.image_size)
+    clean_all = _render_population(n, seed, tok.image_size, model)
     parts = []
     for c, start in enumerate(range(0, n, batch_size)):
         stop = min(n, start + batch_size)
@@ -350,7 +347,7 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     pop_dir = cfg.out / "populations"
     t0 = time.time()
     if cfg.mode in ("soft", "hard"):
-        prompts = eval_prompts(padded_count(cfg.n, cfg.batch_size), cfg.seed)
+        prompts = eval_prompts(padded_count(cfg.n, cfg.batch_size), cfg.seed, cfg.model)
         for name, lists in (("watermarked", gl), ("clean", None)):
             st.pops[name] = generate_population(
                 generator, lists, cfg.n, folder=pop_dir / name, prompts=prompts,
@@ -359,7 +356,7 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     elif cfg.mode == "posthoc":
         st.pops["watermarked"], st.pops["clean"] = _posthoc_population(
             tok, gl, cfg.n, folder=pop_dir, seed=cfg.seed, min_psnr=cfg.min_psnr, batch_size=cfg.batch_size,
-            on_chunk=lambda k: progress("mark post hoc", k))
+            model=cfg.model, on_chunk=lambda k: progress("mark post hoc", k))
     else:
         st.pops["watermarked"] = _folder_population(cfg.wm_dir, cfg.n, tok.image_size)
         st.pops["clean"] = _folder_population(cfg.clean_dir, cfg.n, tok.image_size)
@@ -470,12 +467,32 @@ def _log10p(rows: list[dict]) -> np.ndarray:
     return np.array([r["log10_p"] if r.get("log10_p") is not None else 0.0 for r in rows], dtype=np.float64)
 
 
+REPORT_KEYS = ("attack", "param", "param_name", "family", "summary_point")
+"""The columns of a report row before its metrics (`metric_columns`)."""
+
+
+def metric_columns(alphas=ALPHAS, fprs=FPRS) -> list[str]:
+    """The keys `attack_metrics` returns, always all of them and in this order (the report.csv columns)."""
+    cols = ["n_wm", "n_clean", "n_errors", *(f"tpr_at_alpha_{a:g}" for a in alphas),
+            *(f"fpr_at_alpha_{a:g}" for a in alphas)]
+    for f in fprs:
+        cols += [f"tpr_at_fpr_{f:g}", f"tpr_at_fpr_{f:g}_resolvable", f"tpr_at_fpr_{f:g}_split",
+                 f"fpr_heldout_at_fpr_{f:g}_split"]
+    return cols + ["auc", "median_log10_p_wm", "median_log10_p_clean", "token_match_wm", "token_match_clean",
+                   "token_match_generated_wm", "psnr_attack_db", "list_index_correct"]
+
+
 def attack_metrics(rows: list[dict], *, alphas=ALPHAS, fprs=FPRS) -> dict:
-    """Metrics of one attack/strength from its result rows (watermarked vs clean)."""
+    """Metrics of one attack/strength from its result rows (watermarked vs clean).
+
+    Returns every key of `metric_columns(alphas, fprs)`, whatever the data: a metric that cannot be computed
+    (no image of a population, a single clean image for the split estimate, no generated codes or known list
+    indices) is None.
+    """
     wm = [r for r in rows if r["population"] == "watermarked"]
     cl = [r for r in rows if r["population"] == "clean"]
-    out: dict[str, Any] = {"n_wm": len(wm), "n_clean": len(cl),
-                           "n_errors": sum(r.get("error") is not None for r in rows)}
+    out: dict[str, Any] = dict.fromkeys(metric_columns(alphas, fprs))
+    out.update(n_wm=len(wm), n_clean=len(cl), n_errors=sum(r.get("error") is not None for r in rows))
     if not wm or not cl:
         return out
     lp_wm, lp_cl = _log10p(wm), _log10p(cl)
@@ -514,6 +531,7 @@ def summarize(out: Path, attacks: Sequence[tuple[str, Any]], *, alphas=ALPHAS, f
 
     out = Path(out)
     meta = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    columns = [*REPORT_KEYS, *metric_columns(alphas, fprs)]
     rows_out = []
     for name, param in attacks:
         path = _attack_dir(out, name, param) / "results.jsonl"
@@ -525,18 +543,22 @@ def summarize(out: Path, attacks: Sequence[tuple[str, Any]], *, alphas=ALPHAS, f
                          "summary_point": spec.summary == param, **m})
     by_key = {(r["attack"], r["param"]): r for r in rows_out}
     table = []
+    means = [k for k in metric_columns(alphas, fprs) if k.startswith(("tpr_at", "auc", "token_match_wm",
+                                                                        "token_match_generated"))
+             and not k.endswith("_resolvable")]
 
     def add_row(label: str, family: str, members: list[dict]) -> None:
+        """A summary-table row: the mean of each metric over `members` (None unless every member has it)."""
         if not members:
             return
-        cols = [k for k in members[0] if k.startswith(("tpr_at", "auc", "token_match_wm", "token_match_generated"))
-                and not k.endswith("_resolvable") and all(isinstance(m.get(k), (int, float)) for m in members)]
         row = {"row": label, "family": family, "members": [f"{m['attack']} {param_label(m['param'])}" for m in members],
                "n_wm": min(m["n_wm"] for m in members), "n_clean": min(m["n_clean"] for m in members)}
-        row.update({k: float(np.mean([m[k] for m in members])) for k in cols})
+        for k in means:
+            values = [m.get(k) for m in members]
+            row[k] = float(np.mean(values)) if all(isinstance(v, (int, float)) for v in values) else None
         metric, target = TARGETS.get(family, (None, None))
-        if metric and metric in row:
-            row["target"] = {"metric": metric, "value": target, "met": bool(row[metric] >= target)}
+        row["target"] = None if row.get(metric) is None else \
+            {"metric": metric, "value": target, "met": bool(row[metric] >= target)}
         table.append(row)
 
     if ("none", 0) in by_key:
@@ -553,12 +575,10 @@ def summarize(out: Path, attacks: Sequence[tuple[str, Any]], *, alphas=ALPHAS, f
         add_row(f"regeneration (mean of {len(regen_summary)})", "regeneration", regen_summary)
 
     if rows_out:
-        fields = list(dict.fromkeys(k for r in rows_out for k in r))
         with open(out / "report.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
-            for r in rows_out:
-                w.writerow({k: r.get(k) for k in fields})
+            w.writerows(rows_out)
     return {"config": meta, "alphas": list(alphas), "fprs": list(fprs), "attacks": rows_out, "table": table,
             "notes": ["tpr_at_alpha_*: share of watermarked images with corrected p <= alpha (threshold fixed "
                       "in advance, nothing fitted)",

@@ -38,6 +38,12 @@ def _scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pos), np.array(neg)
 
 
+def _num(row: dict, key: str) -> float:
+    """A metric as a float for plotting: NaN when absent or None (not computable)."""
+    v = row.get(key)
+    return float("nan") if v is None else float(v)
+
+
 def roc_figure(out: Path, summary: dict, path: Path) -> Path:
     """One panel per attack family: ROC (log FPR) of each attack at its summary strength (all strengths when
     the attack has no summary point), from the corrected p-values of watermarked vs clean images."""
@@ -58,7 +64,7 @@ def roc_figure(out: Path, summary: dict, path: Path) -> Path:
             fpr, tpr, _ = roc_curve(pos, neg)
             floor = 0.5 / len(neg)
             ax.step(np.maximum(fpr, floor), tpr, where="post",
-                    label=f"{r['attack']} {param_label(r['param'])} (AUC {r.get('auc', float('nan')):.3f})")
+                    label=f"{r['attack']} {param_label(r['param'])} (AUC {_num(r, 'auc'):.3f})")
         ax.set_xscale("log")
         ax.set_xlim(0.5 / max(1, max(r["n_clean"] for r in rows)), 1)
         ax.set_ylim(-0.02, 1.02)
@@ -91,9 +97,9 @@ def strength_figure(summary: dict, path: Path, alpha: float = 1e-4) -> Path:
     for ax, name in zip(axes.flat, names):
         rs = sorted((r for r in rows if r["attack"] == name), key=lambda r: r["param"])
         xs = [r["param"] for r in rs]
-        ax.plot(xs, [r.get("tpr_at_fpr_0.01", np.nan) for r in rs], "o-", label="TPR@1%FPR (empirical)")
-        ax.plot(xs, [r.get(key_a, np.nan) for r in rs], "s--", label=f"TPR at alpha={alpha:g}")
-        ax.plot(xs, [r.get("token_match_wm", np.nan) for r in rs], "^:", color="gray", label="token match")
+        ax.plot(xs, [_num(r, "tpr_at_fpr_0.01") for r in rs], "o-", label="TPR@1%FPR (empirical)")
+        ax.plot(xs, [_num(r, key_a) for r in rs], "s--", label=f"TPR at alpha={alpha:g}")
+        ax.plot(xs, [_num(r, "token_match_wm") for r in rs], "^:", color="gray", label="token match")
         ax.set_title(f"{name} ({ATTACKS[name].param_name})", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

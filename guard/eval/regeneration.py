@@ -36,13 +36,16 @@ NEUTRAL_PROMPT = "a shape"
 
 
 def load_vq2(weights_dir: Path = VQ2_DIR):
-    """The second, independently trained VQ tokenizer (reference architecture), hash-checked against its card."""
-    from ..models.reference.model import load_tokenizer
+    """The second, independently trained VQ tokenizer (reference architecture), hash-checked against its card.
+
+    It loads as the reference kind's tokenizer from another folder: `guard.models.load_tokenizer("reference:DIR")`.
+    """
+    from ..models import load_tokenizer
 
     if not (Path(weights_dir) / "vq.safetensors").exists():
         raise ModelError(f"second VQ tokenizer missing: {weights_dir}/vq.safetensors; retrain it with the command in "
                          f"guard/eval/weights/vq2/card.json or reinstall ar-guard")
-    return load_tokenizer(Path(weights_dir))
+    return load_tokenizer(f"reference:{Path(weights_dir)}")
 
 
 class ForceTokensProcessor:

@@ -146,7 +146,7 @@ def forge(images: torch.Tensor, estimate: torch.Tensor, tokenizer, *, rounds: in
     return best
 
 
-def _resolve_key(cfg: SpoofConfig, k: int, tok):
+def _key_with_lists(cfg: SpoofConfig, k: int, tok):
     """The key with K = k lists: `cfg.keys[k]`, or `out/keys/K{k}.key` (created on first use)."""
     from ..keys import resolve_key
 
@@ -169,11 +169,11 @@ def run_spoof(cfg: SpoofConfig, *, progress: Callable[[str, int], None] | None =
     tok = gen.tokenizer
     cfg.out.mkdir(parents=True, exist_ok=True)
     n_wm = max(cfg.n_observed)
-    prompts = eval_prompts(padded_count(max(n_wm, cfg.n_clean), cfg.batch_size), cfg.seed)
+    prompts = eval_prompts(padded_count(max(n_wm, cfg.n_clean), cfg.batch_size), cfg.seed, gen)
     pops = cfg.out / "populations"
     keys, wm_sets = {}, {}
     for k in cfg.n_lists:                  # watermarked sets first, in the order given, then the clean set
-        keys[k] = _resolve_key(cfg, k, tok)
+        keys[k] = _key_with_lists(cfg, k, tok)
         wm_sets[k] = generate_population(
             gen, GreenLists(keys[k], tok), n_wm, folder=pops / f"watermarked_K{k}", prompts=prompts,
             delta=None if cfg.hard else cfg.delta, hard=cfg.hard, seed=cfg.seed, cfg=cfg.cfg,

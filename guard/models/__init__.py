@@ -1,57 +1,50 @@
-"""Model adapters: the `Tokenizer` / `Generator` protocols and `load(spec)`, the one entry point.
+"""Models: the `Tokenizer` / `Generator` protocols, the registry of model kinds, and `load(spec)`.
 
-    >>> from guard.models import load
-    >>> gen = load("reference")          # the embedded shapes generator (default everywhere)
+    >>> from guard.models import load, capability
+    >>> gen = load("reference")                    # the embedded shapes generator (default everywhere)
+    >>> gen = load("janus:/models/Janus-Pro-1B")   # a local checkpoint        # doctest: +SKIP
+    >>> capability(gen, "ear_model")(gen)          # what EAR fine-tunes       # doctest: +SKIP
+
+A spec is `KIND` or `KIND:PATH`; each kind (reference, janus, emu3, or one added with `register_kind`)
+declares its capabilities once in a `ModelKind` (see `guard.models.registry`). Nothing outside
+`guard/models/` imports a kind's internals: it asks the registry.
 """
 
 from __future__ import annotations
 
-from .base import Generator, LogitsProcessorLike, Tokenizer
+from .base import FORMS, Concept, ConceptJudge, Generator, LogitsProcessorLike, PromptSource, Tokenizer
+from .registry import CAPABILITIES, ModelKind, capability, get_kind, kind_of, kinds, register_kind, spec_help, \
+    split_spec
 
-__all__ = ["Generator", "LogitsProcessorLike", "Tokenizer", "load", "load_tokenizer"]
-
-SPEC_HELP = "'reference' (the embedded generator), 'janus:PATH', 'emu3:PATH' or 'emu3:PATH@SIZE' (local checkpoints)"
+__all__ = ["CAPABILITIES", "FORMS", "Concept", "ConceptJudge", "Generator", "LogitsProcessorLike", "ModelKind",
+           "PromptSource", "Tokenizer", "capability", "get_kind", "judge_for", "kind_of", "kinds", "load",
+           "load_tokenizer", "prompts_for", "register_kind", "spec_help"]
 
 
 def load(spec: str = "reference") -> Generator:
     """Return the `Generator` named by `spec`; its `.tokenizer` is its `Tokenizer`.
 
     Raises `ModelError` for an unknown spec or missing/corrupt weights. `janus:PATH` / `emu3:PATH` load a
-    local transformers checkpoint (never the hub); see `guard.models.janus` and `guard.models.emu3`.
+    local transformers checkpoint (never the hub); `reference:DIR` reference weights from another folder.
     """
-    from ..errors import ModelError
-
-    kind, _, path = spec.partition(":")
-    if kind == "reference" and not path:
-        from .reference import load_reference
-
-        return load_reference()
-    if kind == "janus":
-        from .janus import load_janus
-
-        return load_janus(path, spec=spec)
-    if kind == "emu3":
-        from .emu3 import load_emu3
-
-        return load_emu3(path, spec=spec)
-    raise ModelError(f"unknown model spec {spec!r}; supported: {SPEC_HELP}")
+    kind = get_kind(spec)
+    return kind.load(split_spec(spec)[1], spec)
 
 
 def load_tokenizer(spec: str = "reference") -> Tokenizer:
     """Only the tokenizer of `spec` (detection needs no generator)."""
-    from ..errors import ModelError
+    kind = get_kind(spec)
+    path = split_spec(spec)[1]
+    if kind.load_tokenizer is None:
+        return kind.load(path, spec).tokenizer
+    return kind.load_tokenizer(path, spec)
 
-    kind, _, path = spec.partition(":")
-    if kind == "reference" and not path:
-        from .reference import load_tokenizer as _load
 
-        return _load()
-    if kind == "janus":
-        from .janus import load_janus_tokenizer
+def prompts_for(model: object) -> PromptSource:
+    """The `PromptSource` of a kind given by name, spec or generator (`ModelError` if it offers none)."""
+    return capability(model, "prompts")()
 
-        return load_janus_tokenizer(path, spec=spec)
-    if kind == "emu3":
-        from .emu3 import load_emu3_tokenizer
 
-        return load_emu3_tokenizer(path, spec=spec)
-    raise ModelError(f"unknown model spec {spec!r}; supported: {SPEC_HELP}")
+def judge_for(model: object) -> ConceptJudge:
+    """The `ConceptJudge` of a kind given by name, spec or generator (`ModelError` if it offers none)."""
+    return capability(model, "judge")()

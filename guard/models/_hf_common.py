@@ -237,3 +237,23 @@ class HFVQTokenizer:
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.vocab_size):
             raise ConfigError(f"codes must lie in [0, {self.vocab_size}), got range [{int(codes.min())}, "
                               f"{int(codes.max())}]")
+
+
+class HFGenerator:
+    """What the Janus and Emu3 generator adapters share: the transformers model, its processor, the guard
+    tokenizer, the generator id and the device. Subclasses define `encode_prompts` and `generate`."""
+
+    def __init__(self, model: Any, processor: Any, tokenizer: HFVQTokenizer, model_id: str,
+                 batch_size: int = 8) -> None:
+        self.model = model
+        self.processor = processor
+        self._tokenizer = tokenizer
+        self._id = model_id
+        self.batch_size = int(batch_size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self._id!r}, tokenizer={self._tokenizer.id!r})"
+
+    id = property(lambda self: self._id, doc="The generator id (config and weight-file hash).")
+    tokenizer = property(lambda self: self._tokenizer, doc="The guard `Tokenizer` over the checkpoint's VQ.")
+    device = property(lambda self: next(self.model.parameters()).device, doc="Where the model runs.")

@@ -1,4 +1,5 @@
-"""Adapter protocols every model plugs into: `Tokenizer` (image <-> codes) and `Generator`.
+"""Adapter protocols every model plugs into: `Tokenizer` (image <-> codes) and `Generator`; and the
+vocabulary types of a kind's evaluation capabilities: `Concept`, `PromptSource`, `ConceptJudge`.
 
 Shapes and ranges:
     images: float tensor (B, 3, H, W) in [0, 1], H = W = `Tokenizer.image_size`
@@ -12,7 +13,10 @@ then unconditional rows, before guidance); a processor must give the same sample
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 import torch
 
@@ -62,19 +66,82 @@ class Generator(Protocol):
     @property
     def tokenizer(self) -> Tokenizer: ...
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int = 1,
-        seed: int | None = None,
-        cfg: float = 3.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        logits_processor: Sequence[LogitsProcessorLike] | None = None,
-    ) -> torch.Tensor:
-        """Sample `n` images per prompt; returns codes (len(prompts)*n, h, w), prompt-major."""
+    def generate(self, prompts: Sequence[str], *, n: int = 1, seed: int | None = None, cfg: float = 3.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 logits_processor: Sequence[LogitsProcessorLike] | None = None) -> torch.Tensor:
+        """Sample `n` images per prompt; returns codes (len(prompts)*n, h, w), prompt-major.
+
+        Every adapter validates these arguments with `check_sampling_args`.
+        """
+
+
+FORMS = ("train", "heldout_synonym", "paraphrase")
+"""Forms of target prompts: the training template with a training synonym; the same template with a
+synonym never used in training; other templates (paraphrases) with any synonym."""
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept of a model kind's vocabulary (e.g. a shape or a colour), with its synonym split.
+
+    Attributes:
+        name: the canonical word.
+        kind: its category within the vocabulary (reference: "shape" or "colour"); a replacement must
+            share it.
+        train_words: synonyms that training prompts use.
+        heldout_words: synonyms that only evaluation uses (does erasure generalise?).
+    """
+
+    name: str
+    kind: str
+    train_words: tuple[str, ...]
+    heldout_words: tuple[str, ...]
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return self.train_words + self.heldout_words
+
+
+@runtime_checkable
+class PromptSource(Protocol):
+    """A kind's prompts (capability `prompts`): evaluation sets and the erasure vocabulary."""
+
+    def eval_prompts(self, n: int, seed: int = 0) -> list[str]:
+        """`n` prompts from scenes the generator never trained on (robustness evaluation)."""
+
+    def eval_images(self, n: int, seed: int = 0) -> np.ndarray:
+        """uint8 (n, S, S, 3): clean images of the scenes `eval_prompts(n, seed)` describes."""
+
+    def concept(self, name: str) -> Concept:
+        """The concept a word names (a canonical word or a synonym); `ConfigError` naming the vocabulary."""
+
+    def target_prompts(self, concept: Concept, n: int, *, seed: int, form: str = "train",
+                       exclude: Sequence[str] = ()) -> list[str]:
+        """`n` prompts that each ask for `concept` once, in `form` (one of FORMS), naming none of `exclude`."""
+
+    def non_target_prompts(self, concepts: Sequence[Concept], n: int, *, seed: int) -> list[str]:
+        """`n` prompts that name none of `concepts`."""
+
+
+@runtime_checkable
+class ConceptJudge(Protocol):
+    """Reads images of a kind (capability `judge`): concept presence and prompt adherence."""
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image predictions for float (B, 3, S, S) in [0, 1] (a layout the judge's other methods read)."""
+
+    def present_in(self, pred: torch.Tensor, concept: Concept) -> torch.Tensor:
+        """Bool (B,): does the concept appear anywhere in each image?"""
+
+    def present(self, images: torch.Tensor, concept: Concept) -> torch.Tensor:
+        """`present_in(predict(images), concept)`."""
+
+    def replaced_at_prompt(self, pred: torch.Tensor, prompts: Sequence[str], concept: Concept,
+                           replacement: Concept) -> torch.Tensor:
+        """Bool (B,): where each prompt asked for the concept, the image shows the replacement instead."""
+
+    def adherence(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[dict[str, float], torch.Tensor]:
+        """({"shape", "colour", "both"}: share of prompted objects right, per-image bool: all objects right)."""
 
 
 def check_sampling_args(prompts: Sequence[str], n: int, cfg: float, temperature: float, top_k: int | None,

@@ -36,10 +36,11 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, ModelError
-from ._hf_common import (HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir, config_id,
-                         load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+from ._hf_common import (HFGenerator, HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir,
+                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+from .registry import ModelKind
 
-__all__ = ["Emu3Tokenizer", "Emu3Generator", "VisualTokenMap", "load_emu3", "load_emu3_tokenizer", "DEFAULT_IMAGE_SIZE",
+__all__ = ["Emu3Tokenizer", "Emu3Generator", "KIND", "VisualTokenMap", "load_emu3", "load_emu3_tokenizer", "DEFAULT_IMAGE_SIZE",
            "parse_spec_path"]
 
 DEFAULT_IMAGE_SIZE = 720
@@ -202,7 +203,7 @@ def _visual_processor(procs: Sequence, vmap: VisualTokenMap, layout: ImageLayout
     return VisualTokenProcessor()
 
 
-class Emu3Generator:
+class Emu3Generator(HFGenerator):
     """`Emu3ForConditionalGeneration` image generation behind guard's `Generator` protocol.
 
     Args:
@@ -212,28 +213,9 @@ class Emu3Generator:
 
     def __init__(self, model: Any, processor: Any, tokenizer: Emu3Tokenizer, vmap: VisualTokenMap, model_id: str,
                  batch_size: int = 4) -> None:
-        self.model = model
-        self.processor = processor
-        self._tokenizer = tokenizer
+        super().__init__(model, processor, tokenizer, model_id, batch_size)
         self.vmap = vmap
-        self._id = model_id
-        self.batch_size = int(batch_size)
         self.last_visual_steps = 0
-
-    def __repr__(self) -> str:
-        return f"Emu3Generator(id={self._id!r}, tokenizer={self._tokenizer.id!r})"
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def tokenizer(self) -> Emu3Tokenizer:
-        return self._tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded prompt ids ending in `<|image start|>{h}*{w}<|image token|>` (what Emu3Processor appends)."""
@@ -392,3 +374,11 @@ def load_emu3(path: str | os.PathLike, *, image_size: int | None = None, device:
     tokenizer = Emu3Tokenizer(vq, image_size=size, pixels=PixelRange.from_image_processor(processor.image_processor),
                               digest=weights_digest(vq))
     return Emu3Generator(model, processor, tokenizer, vmap, f"emu3@{config_id(ckpt)[:12]}", batch_size=batch_size)
+
+
+KIND = ModelKind(
+    name="emu3", spec="emu3:PATH[@SIZE]",
+    load=lambda path, spec: load_emu3(path, spec=spec),
+    load_tokenizer=lambda path, spec: load_emu3_tokenizer(path, spec=spec),
+    owns=lambda generator: isinstance(generator, Emu3Generator))
+"""The `emu3` model kind: generator and tokenizer (no EAR, steering, prompts or judge yet)."""

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ModelError
-from ._hf_common import (HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir, config_id,
-                         load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+from ._hf_common import (HFGenerator, HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir,
+                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+from .registry import ModelKind
 
-__all__ = ["JanusTokenizer", "JanusGenerator", "load_janus", "load_janus_tokenizer", "LAYOUTS"]
+__all__ = ["JanusTokenizer", "JanusGenerator", "KIND", "load_janus", "load_janus_tokenizer", "LAYOUTS"]
 
 LAYOUTS = ("2B", "B")
 _VQ_PREFIXES = ("model.vqmodel.", "vqmodel.")
@@ -176,7 +177,7 @@ def _cond_rows():
     return CondRows()
 
 
-class JanusGenerator:
+class JanusGenerator(HFGenerator):
     """`JanusForConditionalGeneration` image generation behind guard's `Generator` protocol.
 
     Args:
@@ -186,29 +187,6 @@ class JanusGenerator:
         model_id: the generator's id (config and weight-file hash).
         batch_size: images per `generate` call (Janus doubles it for guidance).
     """
-
-    def __init__(self, model: Any, processor: Any, tokenizer: JanusTokenizer, model_id: str,
-                 batch_size: int = 8) -> None:
-        self.model = model
-        self.processor = processor
-        self._tokenizer = tokenizer
-        self._id = model_id
-        self.batch_size = int(batch_size)
-
-    def __repr__(self) -> str:
-        return f"JanusGenerator(id={self._id!r}, tokenizer={self._tokenizer.id!r})"
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    @property
-    def tokenizer(self) -> JanusTokenizer:
-        return self._tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Prompt ids for image generation: the chat template when the processor has one, then `<begin_of_image>`."""
@@ -368,3 +346,24 @@ def load_janus(path: str | os.PathLike, *, device: str | torch.device | None = N
     tokenizer = JanusTokenizer(vq, pixels=PixelRange.from_image_processor(processor.image_processor),
                                digest=weights_digest(vq))
     return JanusGenerator(model, processor, tokenizer, f"janus@{config_id(ckpt)[:12]}", batch_size=batch_size)
+
+
+def _ear_model(generator: JanusGenerator):
+    from .janus_erasure import JanusEarModel
+
+    return JanusEarModel(generator)
+
+
+def _concept_stream(generator: JanusGenerator):
+    from .janus_erasure import JanusConceptStream
+
+    return JanusConceptStream(generator)
+
+
+KIND = ModelKind(
+    name="janus", spec="janus:PATH",
+    load=lambda path, spec: load_janus(path, spec=spec),
+    load_tokenizer=lambda path, spec: load_janus_tokenizer(path, spec=spec),
+    owns=lambda generator: isinstance(generator, JanusGenerator),
+    ear_model=_ear_model, concept_stream=_concept_stream)
+"""The `janus` model kind: generator, tokenizer, EAR and steering (no prompts or judge of its own)."""
