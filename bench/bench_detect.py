@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from PIL import Image
-
     from guard.detect import Detector, stats
+    from guard.imageio import quantize, save_png
     from guard.detect.scan import open_writer, scan
     from guard.keys import WatermarkKey
     from guard.models import load_tokenizer
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     g = torch.Generator().manual_seed(0)
     pool = gl.alive.nonzero().flatten() if gl.alive is not None else torch.arange(tok.vocab_size)
     codes = pool[torch.randint(0, len(pool), (args.n, *tok.grid), generator=g)]
-    images = ((tok.decode(codes) * 255).round() / 255).contiguous()
+    images = quantize(tok.decode(codes)).contiguous()
     det = Detector(gl, tok, batch_size=args.batch_size)
 
     def encode_only():
@@ -72,10 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         paths = []
-        arr = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
         for i in range(args.n):
             paths.append(f"{d}/img_{i:05d}.png")
-            Image.fromarray(arr[i]).save(paths[-1])
+            save_png(images[i], paths[-1])
         runs = {
             "encode": encode_only,
             "detect_images": detect_mem,

@@ -48,8 +48,8 @@ def _bench_key(tok):
 
 def make_images(folder: Path, n: int, batch: int = 64) -> None:
     import numpy as np
-    from PIL import Image
 
+    from guard.imageio import from_uint8, save_png
     from guard.models import load_tokenizer
     from guard.models.reference.shapes import render, sample_scene
     from guard.watermark import GreenLists, watermark_image
@@ -66,15 +66,13 @@ def make_images(folder: Path, n: int, batch: int = 64) -> None:
     for start in range(0, n, batch):
         idx = list(range(start, min(n, start + batch)))
         imgs = np.stack([render(sample_scene(i)) for i in idx])
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
+        x = from_uint8(imgs)
         wm_rows = [j for j, i in enumerate(idx) if i < n_wm]
         if wm_rows:
             res = watermark_image(x[wm_rows], gl, tok, list_index=[idx[j] % 8 for j in wm_rows], max_iters=1)
             x[wm_rows] = res.images
         for j, i in enumerate(idx):
-            arr = (x[j].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            name = f"wm_{i:05d}.png" if i < n_wm else f"clean_{i:05d}.png"
-            Image.fromarray(arr).save(folder / name)
+            save_png(x[j], folder / (f"wm_{i:05d}.png" if i < n_wm else f"clean_{i:05d}.png"))
         print(f"{idx[-1] + 1}/{n} images, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -88,7 +86,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 def run(folder: Path, out: Path, work: Path) -> dict:
     from guard.detect import Detector
-    from guard.detect.images import load_image
+    from guard.imageio import load_image
     from guard.detect.ray_engine import DetectorSpec, ray_scan
     from guard.detect.scan import JsonlWriter, find_images, open_writer, scan
     from guard.keys import WatermarkKey

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from guard import __version__
 from guard.detect import Detector
+from guard.imageio import save_png
 from guard.keys import WatermarkKey
 from guard.models import load
 from guard.models.reference import shapes
@@ -71,7 +71,7 @@ def main() -> None:
                 paths = []
                 for i, img in enumerate(images):
                     p = root / f"r{r}_{i:03d}.png"
-                    Image.fromarray((img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(p)
+                    save_png(img, p)
                     paths.append(p)
                 t2 = time.perf_counter()
                 for p in paths:

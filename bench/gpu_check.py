@@ -142,20 +142,16 @@ def main(argv: list[str] | None = None) -> dict:
     images = tok.decode(codes)
     _sync(device)
     decode_s = time.perf_counter() - t
-    from PIL import Image
+    from guard.imageio import load_image, save_png
 
     paths = []
     for i, img in enumerate(images):
-        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        paths.append(tmp / f"{i:03d}.png")
-        Image.fromarray(arr).save(paths[-1])
+        paths.append(save_png(img, tmp / f"{i:03d}.png"))
     det = Detector(gl, tok)
     code_recs = det.detect_codes(codes)
     t = time.perf_counter()
     png_recs = det.detect_paths(paths)
     detect_s = time.perf_counter() - t
-    from guard.detect.images import load_image
-
     re = tok.encode(torch.stack([load_image(p_, tok.image_size).tensor for p_ in paths]))
     agreement = float((re == codes).float().mean())
 

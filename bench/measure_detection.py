@@ -5,8 +5,9 @@
 
 Stages (generated codes are cached in --workdir, so a rerun skips generation):
 
-1. Round trip: --n-wm watermarked (soft, delta 2, `WatermarkProcessor`) and the first --n-wm clean
-   generations, decoded and saved as PNG, detected from the files: TPR / FPR at alpha = 1e-4, with 95%
+1. Round trip: --n-wm watermarked (soft, delta 2) and the first --n-wm clean generations on the same
+   evaluation prompts and seeds (`guard.eval.harness.generate_population`, the harness's own populations,
+   cached in chunks), saved as PNG, detected from the files: TPR / FPR at alpha = 1e-4, with 95%
    Clopper–Pearson intervals; again after re-saving every PNG as JPEG quality 75.
 2. Empirical FPR on clean images: every clean generation (PNG) plus --n-natural random crops of
    scikit-image's sample photos (`skimage.data`, random size/aspect/position/flip, through the same
@@ -14,8 +15,8 @@ Stages (generated codes are cached in --workdir, so a rerun skips generation):
    for the decision p (corrected over K lists) and for the raw p of list 0 alone; then the spread of
    the distinct test's FPR over --n-keys fresh keys (its guarantee is over the key, see below).
    Crops of the same ~20 photos overlap, so the natural rows are not independent trials.
-3. Bad inputs: a folder with every awkward kind (`tests/test_images.write_bad_inputs`) plus two
-   watermarked PNGs, scanned with the CLI: exit code, rows, error rows.
+3. Bad inputs: a folder with every awkward kind (`guard.testfiles.write_bad_inputs`, the test suite's
+   fixture) plus two watermarked PNGs, scanned with the CLI: exit code, rows, error rows.
 
 Writes --out (JSON) and a QQ plot beside it. Needs the reference weights (vq + gpt).
 """
@@ -37,7 +38,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))          # tests.test_images.write_bad_inputs
 
 
 def log(msg: str) -> None:
@@ -51,50 +51,17 @@ def ci(k: int, n: int) -> dict:
     return {"k": k, "n": n, "rate": k / n, "ci95": [lo, hi]}
 
 
-def prompts(n: int, offset: int) -> list[str]:
-    from guard.models.reference.shapes import prompt_for, sample_scene
-
-    return [prompt_for(sample_scene(offset + i), seed=offset + i) for i in range(n)]
-
-
-def generate(gen, gl, n: int, offset: int, watermark: bool, batch: int, cache: Path) -> tuple[torch.Tensor, list]:
-    """Codes (n, h, w) and list indices, one prompt per image, cached on disk."""
-    from guard.watermark import WatermarkProcessor
-
-    if cache.exists():
-        saved = torch.load(cache)
-        # Only codes of this generator and key (a retrained model or a new key makes a new cache).
-        if saved.get("generator_id") == gen.id and saved.get("key_id") == gl.key_id and saved["codes"].shape[0] >= n:
-            return saved["codes"][:n], saved["indices"][:n]
-    codes, indices = [], []
-    ps = prompts(n, offset)
-    t0 = time.time()
-    for i in range(0, n, batch):
-        procs = []
-        if watermark:
-            procs = [WatermarkProcessor(gl, delta=2.0, seed=offset + i)]
-        c = gen.generate(ps[i:i + batch], n=1, seed=offset + i, logits_processor=procs or None)
-        codes.append(c)
-        indices += list(procs[0].list_indices) if procs else [None] * len(c)
-        log(f"  generated {min(i + batch, n)}/{n} ({'wm' if watermark else 'clean'}) {time.time() - t0:.0f}s")
-    out = torch.cat(codes)
-    torch.save({"codes": out, "indices": indices, "generator_id": gen.id, "key_id": gl.key_id}, cache)
-    return out, indices
-
-
-def save_pngs(tok, codes: torch.Tensor, folder: Path, stem: str, batch: int) -> list[str]:
-    from PIL import Image
+def save_pngs(images: np.ndarray, folder: Path, stem: str) -> list[str]:
+    """Write uint8 (n, S, S, 3) images as PNGs (existing files are kept); returns their paths."""
+    from guard.imageio import from_uint8, save_png
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(0, len(codes), batch):
-        imgs = tok.decode(codes[i:i + batch])
-        arr = (imgs.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        for j, a in enumerate(arr):
-            p = folder / f"{stem}_{i + j:05d}.png"
-            if not p.exists():
-                Image.fromarray(a).save(p)
-            paths.append(str(p))
+    for i, a in enumerate(images):
+        p = folder / f"{stem}_{i:05d}.png"
+        if not p.exists():
+            save_png(from_uint8(a), p)
+        paths.append(str(p))
     return paths
 
 
@@ -117,7 +84,7 @@ def natural_crops(n: int, size: int, seed: int) -> torch.Tensor:
     import skimage.data as data
     from PIL import Image
 
-    from guard.detect.images import load_pil
+    from guard.imageio import load_pil
 
     names = ["astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "clock",
              "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel", "grass", "gravel", "brick",
@@ -200,11 +167,20 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- 1. generation + round trip
     log("generating")
-    wm_codes, wm_idx = generate(gen, gl, args.n_wm, 0, True, args.batch, work / f"wm_codes.pt")
+    from guard.eval.harness import eval_prompts, generate_population, padded_count
+
     n_clean_gen = max(args.n_clean_gen, args.n_wm)
-    clean_codes, _ = generate(gen, gl, n_clean_gen, 100_000, False, args.batch, work / f"clean_codes.pt")
-    wm_png = save_pngs(tok, wm_codes, work / "wm_png", "wm", args.batch)
-    clean_png = save_pngs(tok, clean_codes, work / "clean_png", "clean", args.batch)
+    prompts = eval_prompts(padded_count(n_clean_gen, args.batch), 0, gen)
+    populations = {}
+    for name, lists, n in (("watermarked", gl, args.n_wm), ("clean", None, n_clean_gen)):
+        populations[name] = generate_population(
+            gen, lists, n, folder=work / "populations" / name, prompts=prompts, delta=2.0 if lists else None,
+            hard=False, seed=0, cfg=3.0, batch_size=args.batch,
+            on_chunk=lambda k, nm=name: log(f"  generated {k} more ({nm})"))
+    wm_codes, wm_idx = populations["watermarked"]["codes"], populations["watermarked"]["list_index"].tolist()
+    clean_codes = populations["clean"]["codes"]
+    wm_png = save_pngs(populations["watermarked"]["images"], work / "wm_png", "wm")
+    clean_png = save_pngs(populations["clean"]["images"], work / "clean_png", "clean")
     result["generation"] = {"n_wm": len(wm_png), "n_clean": len(clean_png), "delta": 2.0, "cfg": 3.0,
                             "wm_green_share_generated": float(np.mean([
                                 float(gl.green_share(wm_codes[i:i + 1], wm_idx[i])) for i in range(len(wm_codes))])),
@@ -216,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                                     "fpr": summarize_detection(det.detect_codes(clean_codes[:args.n_wm]), False)}}
     log(f"  codes (no decode): TPR {rt['codes_no_decode']['tpr']['rate']:.3f} "
         f"FPR {rt['codes_no_decode']['fpr']['rate']:.4f}")
-    from guard.detect.images import load_image
+    from guard.imageio import load_image
 
     for name, wm_paths, clean_paths in (("png", wm_png, clean_png[:args.n_wm]),
                                         ("jpeg75", to_jpeg(wm_png, work / "wm_jpg", 75),
@@ -306,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- 3. bad inputs via the CLI
     log("bad-input folder")
-    from tests.test_images import write_bad_inputs
+    from guard.testfiles import write_bad_inputs
 
     bad_dir = work / "bad_inputs"
     if bad_dir.exists():

@@ -29,15 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from guard.erasure import EarConfig, load_erased, save_delta, changed_tensors  # noqa: E402
-from guard.erasure.ear import ear_model_for, preservation_rollouts, train_ear  # noqa: E402
-from guard.erasure.evaluate import Variant, evaluate_erasure  # noqa: E402
-from guard.erasure.pairs import ReferenceJudge, check_pair  # noqa: E402
-from guard.erasure.steer import ConceptSteering  # noqa: E402
-from guard.models import load  # noqa: E402
-from guard.models.reference import load_classifier  # noqa: E402
-
-STEER_PROMPT = "a {concept}"
+from guard.erasure import EarConfig, changed_tensors, check_pair, ear_model_for, load_erased, save_delta  # noqa: E402
+from guard.erasure.ear import preservation_rollouts, train_ear  # noqa: E402
+from guard.erasure.evaluate import Variant, evaluate_erasure, summarize_rows  # noqa: E402
+from guard.erasure.steer import STEER_PROMPT, ConceptSteering  # noqa: E402
+from guard.models import judge_for, load  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -101,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     base = load("reference")
-    judge = ReferenceJudge(load_classifier())
+    judge = judge_for(base)
     results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
@@ -180,24 +176,11 @@ def main() -> None:
         csv_path = out_dir / f"{args.out.stem}_{c.name}.csv"
         csv_path.write_text(Path(report["files"]["csv"]).read_text())
         entry["files"] = {"grid": str(grid.relative_to(ROOT)), "csv": str(csv_path.relative_to(ROOT))}
-        entry["summary"] = summarize(report["rows"])
+        entry["summary"] = summarize_rows(report["rows"])
         results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         log(f"{c.name}: {json.dumps(entry['summary'])}")
     print(json.dumps({k: v.get("summary") for k, v in results["concepts"].items()}, indent=2))
-
-
-def summarize(rows: list[dict]) -> dict:
-    out: dict = {}
-    for row in rows:
-        v = out.setdefault(row["variant"], {})
-        if row["prompt_set"] == "non_target":
-            v["non_target_adherence_shape"] = row["adherence_shape"]
-            v["non_target_adherence_colour"] = row["adherence_colour"]
-            v["non_target_token_agreement"] = row["token_agreement"]
-        else:
-            v[f"rate_{row['prompt_set'].replace('target/', '')}"] = row["concept_rate"]
-    return out
 
 
 if __name__ == "__main__":

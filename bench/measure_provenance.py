@@ -36,6 +36,7 @@ from scipy.stats import binomtest
 
 from guard import __version__
 from guard.detect import Detector
+from guard.imageio import load_image, save_png
 from guard.keys import WatermarkKey
 from guard.models import load
 from guard.models.reference import shapes
@@ -47,10 +48,6 @@ OUT = Path(__file__).parent / "results" / "provenance.json"
 CASES = {"A": "watermark + manifest", "B": "watermark, manifest stripped", "C": "manifest, no watermark",
          "D": "neither", "T": "watermark + manifest, pixels tampered after signing"}
 EXPECTED = {"A": "agree", "B": "watermark-only", "C": "manifest-only", "D": "none", "T": "invalid-manifest"}
-
-
-def save_png(img: torch.Tensor, path: Path) -> None:
-    Image.fromarray((img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
 
 
 def strip(src: Path, dst: Path) -> None:
@@ -206,8 +203,7 @@ def main() -> None:
         for p, cr in zip(files, code_recs):
             f = record_fields(reader.read(p), cr.watermarked, cr.key_id)
             rows_codes.append({"case": case_of[str(p)], "watermarked": cr.watermarked, **f})
-        reenc = tok.encode(torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy())
-                                        .permute(2, 0, 1).float() / 255 for p in files[:2 * n]]))
+        reenc = tok.encode(torch.stack([load_image(p, tok.image_size).tensor for p in files[:2 * n]]))
         agreement = float((reenc == torch.stack(codes[:2 * n])).float().mean())
 
     table = summarize(rows)

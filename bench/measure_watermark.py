@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from guard.imageio import quantize
 from guard.keys import WatermarkKey
 from guard.models import load
 from guard.models.reference import WEIGHTS_DIR, load_classifier
@@ -42,10 +43,6 @@ def stats(x: torch.Tensor) -> dict:
     x = x.float()
     return {"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4) if len(x) > 1 else 0.0,
             "min": round(float(x.min()), 4), "max": round(float(x.max()), 4), "n": len(x)}
-
-
-def to_8bit(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def training_running() -> bool:
@@ -97,7 +94,7 @@ def main() -> None:
         if proc is not None:
             idx = proc.list_indices
             indices = indices or idx
-        images = to_8bit(tok.decode(codes))
+        images = quantize(tok.decode(codes))
         reenc = tok.encode(images)
         k = args.n_share
         adher, per_image = prompt_adherence(clf, images[: args.n_adherence], prompts[: args.n_adherence])

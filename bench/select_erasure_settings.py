@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 
 from guard.erasure import ConceptSteering, EarConfig, erase, load_erased
-from guard.erasure.evaluate import Variant, evaluate_erasure
-from guard.erasure.pairs import ReferenceJudge
-from guard.models import load
-from guard.models.reference import load_classifier
-from measure_erasure import STEER_PROMPT, summarize  # bench/ is on sys.path when run as a script
+from guard.erasure.evaluate import Variant, evaluate_erasure, summarize_rows
+from guard.erasure.steer import STEER_PROMPT
+from guard.models import judge_for, load
 
 CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "max_pairs": 64},
            "layers4": {"layers": (0, 1, 2, 3)}}
@@ -60,7 +58,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    base, judge = load("reference"), ReferenceJudge(load_classifier())
+    base = load("reference")
+    judge = judge_for(base)
     work = args.work / f"{args.concept}-{base.id.replace('@', '_')}"
     work.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.ear.split(",") if n]
@@ -83,7 +82,7 @@ def main() -> None:
     report = evaluate_erasure(base, variants, args.concept, args.replacement, n_target=args.n_target,
                               n_non_target=args.n_non_target, seed=args.seed, judge=judge, out_dir=work / "val",
                               cache_dir=work / "cache", log=log)
-    val = summarize(report["rows"])
+    val = summarize_rows(report["rows"])
     orig = val["original"]
 
     def keeps(v: dict) -> bool:

@@ -14,10 +14,8 @@ import json
 
 import torch
 
-from guard.models import load
-from guard.models.reference import load_classifier
-from guard.models.reference.classifier import prompt_adherence
-from guard.models.reference.evaluate import to_uint8_png
+from guard.imageio import quantize
+from guard.models import judge_for, load
 from guard.models.reference.shapes import prompt_for, sample_scene
 
 
@@ -27,13 +25,14 @@ def main() -> None:
     p.add_argument("--cfg", type=float, nargs="+", default=[3.0, 6.0])
     p.add_argument("--top-k", type=int, nargs="+", default=[0, 100])
     args = p.parse_args()
-    gen, clf = load("reference"), load_classifier()
+    gen = load("reference")
+    judge = judge_for(gen)
     prompts = [prompt_for(sample_scene(s, split="train"), seed=s) for s in range(20_000_000, 20_000_000 + args.n)]
     rows = []
     for cfg, top_k in itertools.product(args.cfg, args.top_k):
         codes = gen.generate(prompts, seed=0, cfg=cfg, top_k=top_k or None)
-        adh, _ = prompt_adherence(clf, to_uint8_png(gen.tokenizer.decode(codes)), prompts)
-        rows.append({"cfg": cfg, "top_k": top_k or None, "shape": adh.shape, "colour": adh.colour, "both": adh.both})
+        adh, _ = judge.adherence(quantize(gen.tokenizer.decode(codes)), prompts)
+        rows.append({"cfg": cfg, "top_k": top_k or None, **adh})
         print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["both"])
     print("best on training-split prompts:", json.dumps(best))

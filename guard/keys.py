@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ._files import temp_beside
 from .errors import ConfigError, KeyFileError
 
 __all__ = ["SCHEME", "WatermarkKey", "default_key_path", "load_or_create_default", "resolve_key", "resolve_keys"]
@@ -192,35 +193,25 @@ class WatermarkKey:
             raise KeyFileError(f"key file {path} already exists; choose another path or pass --force / overwrite=True")
         _make_private_dirs(path.parent)
         data = self._to_json().encode()
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as e:
-            raise KeyFileError(f"cannot write key file in {path.parent}: {e.strerror}") from None
-        try:
+        with temp_beside(path) as tmp:
             try:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(fd, 0o600)
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if overwrite:
-                os.replace(tmp, path)
-            else:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError as e:
+                raise KeyFileError(f"cannot write key file in {path.parent}: {e.strerror}") from None
+            try:
                 try:
-                    os.link(tmp, path)  # atomic and refuses to clobber a file created meanwhile
-                except FileExistsError:
-                    raise KeyFileError(f"key file {path} already exists; choose another path or pass --force") from None
-                except OSError:  # filesystems without hard links
-                    if path.exists():
-                        raise KeyFileError(f"key file {path} already exists; choose another path or pass --force") from None
+                    if hasattr(os, "fchmod"):
+                        os.fchmod(fd, 0o600)
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if overwrite:
                     os.replace(tmp, path)
-        except OSError as e:
-            raise KeyFileError(f"cannot write key file {path}: {e.strerror}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                else:
+                    _link_new(tmp, path)
+            except OSError as e:
+                raise KeyFileError(f"cannot write key file {path}: {e.strerror}") from None
         return path
 
     @classmethod
@@ -277,6 +268,19 @@ class WatermarkKey:
     def __setstate__(self, state: dict) -> None:
         for k, v in state.items():
             object.__setattr__(self, k, v)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` atomically, refusing to clobber a file created meanwhile."""
+    taken = f"key file {path} already exists; choose another path or pass --force"
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(taken) from None
+    except OSError:  # filesystems without hard links
+        if path.exists():
+            raise KeyFileError(taken) from None
+        os.replace(tmp, path)
 
 
 def default_key_path() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import sys
 from collections.abc import Iterator
 
@@ -19,6 +20,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def choices(name: str, values: str) -> type[enum.Enum]:
+    """A fixed set of option values as typer wants it: a str Enum whose members are named by their values.
+
+    >>> Format = choices("Format", "jsonl csv table")
+    >>> Format.csv.value
+    'csv'
+    """
+    return enum.Enum(name, {v: v for v in values.split()}, type=str, module=__name__)
+
+
+Test = choices("Test", "distinct tokens")
+"""The detection test: 'distinct' (exact) or 'tokens' (approximate); `guard detect`, `calibrate` and `eval`."""
 
 
 def info(msg: str) -> None:

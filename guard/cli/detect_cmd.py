@@ -21,7 +21,6 @@ with `--engine ray` too.
 from __future__ import annotations
 
 import contextlib
-import enum
 import inspect
 import json
 import signal
@@ -35,36 +34,16 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError, ExitCode, ImageError
-from ._common import app, exit_on_error, info, is_tty_stderr
+from ._common import Test, app, choices, exit_on_error, info, is_tty_stderr
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
 
 
-class Format(str, enum.Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    table = "table"
-
-
-class Test(str, enum.Enum):
-    distinct = "distinct"
-    tokens = "tokens"
-
-
-class Engine(str, enum.Enum):
-    local = "local"
-    ray = "ray"
-
-
-class ShardFormat(str, enum.Enum):
-    jsonl = "jsonl"
-    parquet = "parquet"
-
-
-class CalFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
+Format = choices("Format", "jsonl csv table")
+Engine = choices("Engine", "local ray")
+ShardFormat = choices("ShardFormat", "jsonl parquet")
+CalFormat = choices("CalFormat", "table json")
 
 
 KeysOpt = Annotated[list[Path] | None, typer.Option(

@@ -14,7 +14,6 @@ and progress on stderr. Running the same command again resumes an interrupted ru
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -22,27 +21,14 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError, ExitCode
-from ._common import app, exit_on_error, info, is_tty_stderr
+from ._common import Test, app, choices, exit_on_error, info, is_tty_stderr
 
 eval_app = typer.Typer(help="Robustness evaluation: attack grid, regeneration attacks, spoofing.")
 app.add_typer(eval_app, name="eval")
 
 
-class Mode(str, enum.Enum):
-    soft = "soft"
-    hard = "hard"
-    posthoc = "posthoc"
-    folders = "folders"
-
-
-class Grid(str, enum.Enum):
-    summary = "summary"
-    full = "full"
-
-
-class Test(str, enum.Enum):
-    distinct = "distinct"
-    tokens = "tokens"
+Mode = choices("Mode", "soft hard posthoc folders")
+Grid = choices("Grid", "summary full")
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -18,16 +17,14 @@ from typing import Annotated
 import typer
 
 from ..errors import ExitCode, ImageError
-from ._common import app, exit_on_error, info, stderr
+from ._common import app, choices, exit_on_error, info, stderr
 
 provenance_app = typer.Typer(help="Content Credentials (C2PA): show a file's manifest; make test certificates.",
                              no_args_is_help=True)
 app.add_typer(provenance_app, name="provenance")
 
 
-class ShowFormat(str, enum.Enum):
-    table = "table"
-    json = "json"
+ShowFormat = choices("ShowFormat", "table json")
 
 
 TrustAnchorsOpt = Annotated[Path | None, typer.Option(

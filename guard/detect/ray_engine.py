@@ -55,6 +55,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from .._files import temp_beside
 from ..errors import ConfigError, GuardError
 from ..imageio import LoadedImage, from_uint8, to_uint8
 from .detector import RECORD_FIELDS, DetectionRecord, Detector, DetectorSpec, _timed_load
@@ -552,15 +553,12 @@ def _merge(store: ShardStore, out, stream, fmt: str, resume: bool, state: Resume
         except OSError as e:
             raise ConfigError(f"cannot write --out {out}: {e.strerror}") from None
         return
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            write_all(open_writer(f, fmt))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        with temp_beside(out) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                write_all(open_writer(f, fmt))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, out)
     except OSError as e:
         raise ConfigError(f"cannot write --out {out}: {e.strerror}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

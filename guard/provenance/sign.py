@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from pathlib import Path
 
+from .._files import temp_beside
 from .manifest import PARENT_LABEL, TRAINED_ALGORITHMIC_MEDIA
 from .material import SigningError, SigningMaterial
 
@@ -113,25 +113,22 @@ class ImageSigner:
         mime = mime_for(src)
         if mime is None:
             raise SigningError(f"cannot embed Content Credentials in {src.name}: unsupported suffix {src.suffix!r}")
-        tmp = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.signing{dst.suffix}"
         c2pa = self._c2pa
         try:
-            with c2pa.Builder(manifest, context=self._context) as b:
-                if parent is not None:
-                    pmime = mime_for(parent)
-                    if pmime is None:
-                        raise SigningError(f"cannot add {parent} as an ingredient: unsupported suffix")
-                    with open(parent, "rb") as f:
-                        b.add_ingredient({"title": Path(parent).name, "relationship": "parentOf",
-                                          "label": PARENT_LABEL}, pmime, f)
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    b.sign(self._signer, mime, fin, fout)
-            os.replace(tmp, dst)
+            with temp_beside(dst, f".signing{dst.suffix}") as tmp:
+                with c2pa.Builder(manifest, context=self._context) as b:
+                    if parent is not None:
+                        pmime = mime_for(parent)
+                        if pmime is None:
+                            raise SigningError(f"cannot add {parent} as an ingredient: unsupported suffix")
+                        with open(parent, "rb") as f:
+                            b.add_ingredient({"title": Path(parent).name, "relationship": "parentOf",
+                                              "label": PARENT_LABEL}, pmime, f)
+                    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                        b.sign(self._signer, mime, fin, fout)
+                os.replace(tmp, dst)
         except c2pa.C2paError as e:
             raise SigningError(f"cannot sign {src}: {_one_line(e)}") from None
         except OSError as e:
             raise SigningError(f"cannot sign {src}: {e.strerror or _one_line(e)}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return dst
