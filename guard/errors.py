@@ -6,7 +6,8 @@
     ├── ModelError           model spec unknown, weights missing or corrupt (CLI exit 2)
     └── ImageError           an image could not be opened or decoded (an error row in scans)
 
-`ExitCode` is the one table of the CLI's exit codes (DESIGN §7), independent of --format.
+`ExitCode` is the one table of the CLI's exit codes (DESIGN §7), independent of --format. Anything else
+that escapes a command (a bug, not a bad input) is `ExitCode.INTERNAL`, never 0 or 1.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class ExitCode(enum.IntEnum):
     NONE (1): no image is watermarked (detection), or a check found nothing valid.
     USAGE (2): usage, config, model or key error (`ConfigError`, `KeyFileError`, `ModelError`, `GuardError`).
     UNREADABLE (3): some files could not be read; their error rows are written, the rest is processed.
+    INTERNAL (4): an unexpected error (a bug in guard or its dependencies): one line on stderr, the
+        traceback with GUARD_DEBUG=1. Never 0 or 1, so a pipeline cannot read a crash as "not watermarked".
     INTERRUPTED (130): Ctrl-C; rows written so far are complete and `--resume` continues.
     """
 
@@ -50,6 +53,7 @@ class ExitCode(enum.IntEnum):
     NONE = 1
     USAGE = 2
     UNREADABLE = 3
+    INTERNAL = 4
     INTERRUPTED = 130
 
     OK = 0

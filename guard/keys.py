@@ -33,10 +33,13 @@ from typing import Any
 from ._files import temp_beside
 from .errors import ConfigError, KeyFileError
 
-__all__ = ["SCHEME", "WatermarkKey", "default_key_path", "load_or_create_default", "resolve_key", "resolve_keys"]
+__all__ = ["SCHEME", "MAX_LISTS", "MIN_CODES_PER_SIDE", "WatermarkKey", "default_key_path", "load_or_create_default",
+           "resolve_key", "resolve_keys"]
 
 SCHEME = "lbw-v1"
 SECRET_BYTES = 32
+MAX_LISTS = 1024                 # green lists K in one key's pool (each costs a V-bit mask and a factor K in p)
+MIN_CODES_PER_SIDE = 16          # green codes, and red codes, each list must have among the codes in use
 _KEY_ID_PREFIX = b"guard-key-id"
 _MAC_PREFIX = b"guard/key-mac/v1/"
 _META_FIELDS = ("created", "gamma", "key_id", "n_lists", "scheme", "tokenizer_id", "vocab_size")
@@ -87,8 +90,9 @@ class WatermarkKey:
 
     Attributes:
         key_id: first 16 hex chars of SHA-256(b"guard-key-id" + secret); names the key publicly.
-        gamma: green-list fraction, 0 < gamma < 1.
-        n_lists: number of green lists K in the pool, >= 1.
+        gamma: green-list fraction, 0 < gamma < 1 (a created key: at least `MIN_CODES_PER_SIDE` green and
+            red codes per list).
+        n_lists: number of green lists K in the pool, 1 <= K <= `MAX_LISTS`.
         tokenizer_id: the `Tokenizer.id` the key is bound to.
         vocab_size: that tokenizer's vocabulary size.
         scheme: derivation version ("lbw-v1").
@@ -108,8 +112,8 @@ class WatermarkKey:
     def __post_init__(self) -> None:
         if not (isinstance(self.gamma, (int, float)) and not isinstance(self.gamma, bool) and 0 < self.gamma < 1):
             raise ConfigError(f"gamma must be a number strictly between 0 and 1, got {self.gamma!r}")
-        if not isinstance(self.n_lists, int) or isinstance(self.n_lists, bool) or self.n_lists < 1:
-            raise ConfigError(f"n_lists must be an int >= 1, got {self.n_lists!r}")
+        if not isinstance(self.n_lists, int) or isinstance(self.n_lists, bool) or not 1 <= self.n_lists <= MAX_LISTS:
+            raise ConfigError(f"n_lists must be an int between 1 and {MAX_LISTS}, got {self.n_lists!r}")
         if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 2:
             raise ConfigError(f"vocab_size must be an int >= 2, got {self.vocab_size!r}")
         if not isinstance(self.tokenizer_id, str) or not self.tokenizer_id:
@@ -137,11 +141,17 @@ class WatermarkKey:
 
         Args:
             tokenizer: a `guard.models.Tokenizer` (its `id` and `vocab_size` are bound into the key).
-            gamma: green-list fraction, 0 < gamma < 1 (default 0.25).
-            n_lists: number of green lists K, >= 1 (default 8); each image draws one.
+            gamma: green-list fraction, 0 < gamma < 1 (default 0.25), such that each list has at least
+                `MIN_CODES_PER_SIDE` green and red codes among the tokenizer's codes in use (`alive`).
+            n_lists: number of green lists K, 1 <= K <= `MAX_LISTS` (default 8); each image draws one.
+
+        Raises:
+            ConfigError: one line naming the bad value and the range that works for this tokenizer.
         """
-        return cls._from_secret(secrets.token_bytes(SECRET_BYTES), gamma=gamma, n_lists=n_lists,
-                                tokenizer_id=tokenizer.id, vocab_size=int(tokenizer.vocab_size))
+        key = cls._from_secret(secrets.token_bytes(SECRET_BYTES), gamma=gamma, n_lists=n_lists,
+                               tokenizer_id=tokenizer.id, vocab_size=int(tokenizer.vocab_size))
+        _check_split(key.gamma, key.vocab_size, getattr(tokenizer, "alive", None))
+        return key
 
     # ------------------------------------------------------------------------------------ secret use
     def derive(self, message: bytes) -> bytes:
@@ -243,6 +253,9 @@ class WatermarkKey:
             raise KeyFileError(f"key file {path} is corrupt: the secret is not {SECRET_BYTES} bytes")
         if not isinstance(doc["key_id"], str) or not hmac.compare_digest(doc["key_id"], _key_id(secret)):
             raise KeyFileError(f"key file {path} is corrupt or tampered with: its key_id does not match its secret")
+        if isinstance(doc["n_lists"], int) and doc["n_lists"] > MAX_LISTS:
+            raise KeyFileError(f"key file {path} has n_lists={doc['n_lists']}, more than guard supports "
+                               f"({MAX_LISTS}); make a new key with `guard keygen --lists K`")
         try:
             key = cls._from_secret(secret, gamma=doc["gamma"], n_lists=doc["n_lists"],
                                    tokenizer_id=doc["tokenizer_id"], vocab_size=doc["vocab_size"],
@@ -268,6 +281,22 @@ class WatermarkKey:
     def __setstate__(self, state: dict) -> None:
         for k, v in state.items():
             object.__setattr__(self, k, v)
+
+
+def _check_split(gamma: float, vocab_size: int, alive: Any = None) -> None:
+    """Raise ConfigError unless gamma leaves >= MIN_CODES_PER_SIDE green and red codes among the codes in use."""
+    if alive is not None:
+        import numpy as np
+
+        n = int(np.asarray(alive).astype(bool).sum())
+    else:
+        n = int(vocab_size)
+    green = int(round(gamma * n))
+    if green < MIN_CODES_PER_SIDE or n - green < MIN_CODES_PER_SIDE:
+        lo, hi = MIN_CODES_PER_SIDE / n, 1 - MIN_CODES_PER_SIDE / n
+        hint = f"choose gamma between {lo:.3g} and {hi:.3g}" if lo < hi else "this tokenizer has too few codes"
+        raise ConfigError(f"gamma={gamma:g} gives {green} green and {n - green} red codes among the tokenizer's {n} "
+                          f"codes in use; each list needs at least {MIN_CODES_PER_SIDE} of each: {hint}")
 
 
 def _link_new(tmp: Path, path: Path) -> None:

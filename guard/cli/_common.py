@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 
@@ -41,17 +45,64 @@ def info(msg: str) -> None:
     stderr.print(msg, markup=False)
 
 
+def internal_error(e: BaseException) -> int:
+    """Report an unexpected exception as one stderr line (the traceback too with GUARD_DEBUG=1); `ExitCode.INTERNAL`."""
+    if os.environ.get("GUARD_DEBUG"):
+        traceback.print_exception(e, file=sys.stderr)
+    msg = " ".join(str(e).split())[:500]
+    stderr.print(f"internal error: {type(e).__name__}{': ' + msg if msg else ''} (a bug: please report it; "
+                 f"GUARD_DEBUG=1 shows the traceback)", markup=False)
+    return ExitCode.INTERNAL
+
+
 @contextlib.contextmanager
 def exit_on_error() -> Iterator[None]:
-    """Turn guard's errors into one clear stderr line and `ExitCode.USAGE`; Ctrl-C into `ExitCode.INTERRUPTED`."""
+    """Turn guard's errors into one clear stderr line and `ExitCode.USAGE`; Ctrl-C into `ExitCode.INTERRUPTED`;
+    any other exception (a bug) into one line and `ExitCode.INTERNAL` — never 0 or 1."""
     try:
         yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+        raise
     except (ConfigError, KeyFileError, ModelError, GuardError) as e:
         stderr.print(f"error: {e}", markup=False)
         raise typer.Exit(ExitCode.USAGE) from None
     except KeyboardInterrupt:
         stderr.print("interrupted", markup=False)
         raise typer.Exit(ExitCode.INTERRUPTED) from None
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: a crash must not read as "not watermarked"
+        raise typer.Exit(internal_error(e)) from None
+
+
+def refuse_clobber(option: str, target: Path | None, *, inputs: Iterable[str | os.PathLike] = (),
+                   protected: Sequence[tuple[str, str | os.PathLike | None]] = ()) -> None:
+    """Raise ConfigError if the file `option` would write (`target`) is an input or a protected file.
+
+    Compared by resolved real path and, for existing files, by device and inode (hard links).
+
+    Args:
+        option: the option's name for the message ("--out").
+        target: the file to be written (None: nothing to check).
+        inputs: the files the command reads.
+        protected: (what, path) of other files it must never write, e.g. ("the key file", key).
+    """
+    if target is None:
+        return
+    real = os.path.realpath(target)
+    ident = _ident(target)
+    for what, p in protected:
+        if p is not None and (os.path.realpath(p) == real or (ident is not None and _ident(p) == ident)):
+            raise ConfigError(f"{option} {target} is {what} ({p}); choose another file")
+    for p in inputs:
+        if os.path.realpath(p) == real or (ident is not None and _ident(p) == ident):
+            raise ConfigError(f"{option} {target} is an input ({os.fsdecode(p)}); choose another file")
+
+
+def _ident(path: str | os.PathLike) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def is_tty_stderr() -> bool:

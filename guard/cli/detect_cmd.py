@@ -10,8 +10,14 @@
 Records go to stdout (or --out), one per image, flushed batch by batch; logs and progress go to stderr
 (rich progress only on a TTY). Exit codes (`guard.errors.ExitCode`), independent of --format: 0 some image
 watermarked; 1 none; 2 usage, config, model or key error; 3 some files could not be read (their error rows
-are written and the rest is scanned; 3 takes precedence over 0 and 1). Ctrl-C stops after the current
-batch: the rows written stay complete and `--resume` continues where the scan stopped (exit 130).
+are written and the rest is scanned; 3 takes precedence over 0 and 1); 4 internal error. Ctrl-C stops after
+the current batch: the rows written stay complete and `--resume` continues where the scan stopped (exit
+130); a second Ctrl-C aborts at once (the unfinished batch is not written).
+
+`--out` never names an input, a key, the trust anchors or the path list; it is held under an exclusive
+lock while the scan runs (a second scan on it exits 2), and its settings go to `<out>.settings.json`,
+which `--resume` compares (keys, tokenizer, test, alpha, search, trust anchors, format; exit 2 on a
+difference). Resume keys rows on the resolved real path (`guard.detect.scan`).
 
 `folder` and `manifest` take the same options (`ScanOptions`, declared once); `image` takes them but the
 Ray ones. Every engine builds its detector with `guard.detect.DetectorSpec`, so `--trust-anchors` works
@@ -21,8 +27,10 @@ with `--engine ray` too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
+import os
 import signal
 import sys
 import threading
@@ -34,7 +42,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError, ExitCode, ImageError
-from ._common import Test, app, choices, exit_on_error, info, is_tty_stderr
+from ._common import Test, app, choices, exit_on_error, info, is_tty_stderr, refuse_clobber
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
@@ -60,7 +68,8 @@ SearchOpt = Annotated[bool, typer.Option("--search", help="Also try flips, 90° 
                                                           "sub-cell crop offsets (corrected over all of them).")]
 TestOpt = Annotated[Test, typer.Option("--test", help="'distinct' (exact, default) or 'tokens' (approximate "
                                                       "binomial on tokens; calibrate before trusting it).")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip files already in --out and append the rest.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip files already in --out (by real path) and append "
+                                                          "the rest; refused if the settings differ.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Image-decoding threads.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per tokenizer call.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec whose tokenizer re-quantizes images "
@@ -187,63 +196,107 @@ def _progress(total: int) -> Iterator:
         yield lambda n: prog.advance(task, n)
 
 
-@contextlib.contextmanager
-def _output(out: Path | None, fmt: Format, resume: bool) -> Iterator[tuple[Any, Any]]:
-    from ..detect.scan import ResumeState, open_writer, read_resume_state
+def _protected(opts: ScanOptions) -> list[tuple[str, Path | None]]:
+    """Files a scan reads besides its images, which --out and --heatmap must never overwrite."""
+    from ..keys import default_key_path
 
-    state = ResumeState()
-    if resume:
-        if out is None:
-            raise ConfigError("--resume needs --out FILE (the file to continue)")
-        state = read_resume_state(out, fmt.value)
-        if state.dropped_bytes:
-            info(f"resume: dropped a partial last line ({state.dropped_bytes} bytes) from {out}")
-        if state.n_rows:
-            info(f"resume: {state.n_rows} rows already in {out}")
-    if out is None:
-        yield open_writer(sys.stdout, fmt.value), state
-        return
-    try:
-        f = open(out, "a" if resume else "w", encoding="utf-8", newline="")
-    except OSError as e:
-        raise ConfigError(f"cannot write --out {out}: {e.strerror}") from None
-    with f:
-        fresh = not resume or (f.tell() == 0)
-        yield open_writer(f, fmt.value, header=fresh), state
+    return [*(("the key file", k) for k in (opts.key or [default_key_path()])),
+            ("the trust anchors file", opts.trust_anchors)]
+
+
+def _settings(opts: ScanOptions, det):
+    """What the records of this scan depend on (`ScanSettings`), or None for the table format (not resumable)."""
+    from ..detect.scan import ScanSettings
+
+    if opts.format is Format.table:
+        return None
+    anchors = None
+    if opts.trust_anchors is not None:
+        try:
+            anchors = hashlib.sha256(opts.trust_anchors.read_bytes()).hexdigest()
+        except OSError as e:
+            raise ConfigError(f"cannot read --trust-anchors {opts.trust_anchors}: {e.strerror}") from None
+    return ScanSettings.of(det, opts.format.value, trust_anchors=anchors)
+
+
+def _stdout_writer(fmt: Format):
+    from ..detect.scan import open_writer
+
+    if fmt is Format.csv:                   # CSV writes undecodable path bytes as they are
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stdout.reconfigure(errors="surrogateescape")
+    return open_writer(sys.stdout, fmt.value)
+
+
+def _rebase(paths: list[str], state) -> list[str]:
+    """Resuming from another working directory than the output's first run: write absolute paths, so that
+    every row's relative path stays relative to the folder recorded in the settings file."""
+    if state.base is None or os.path.realpath(state.base) == os.path.realpath(os.getcwd()):
+        return paths
+    return [p if os.path.isabs(p) else os.path.abspath(p) for p in paths]
 
 
 def _finish(summary, *, shards: str = "") -> int:
     info(f"{summary.n_rows} rows ({summary.n_new} new, {summary.n_skipped} skipped): {summary.n_watermarked} "
          f"watermarked, {summary.n_errors} unreadable" + shards)
+    if summary.n_same_file:
+        info(f"{summary.n_same_file} paths named a file listed already (same real path): one row each")
     if summary.interrupted:
         info("interrupted: rerun with --resume --out FILE to continue")
         return ExitCode.INTERRUPTED
     return summary.exit_code
 
 
-def _run_scan(paths: list[str], opts: ScanOptions) -> int:
-    """Detect `paths` with the local or the Ray engine; returns the exit code."""
+def _run_scan(paths: list[str], opts: ScanOptions, *, protected: list[tuple[str, Path | None]] | None = None) -> int:
+    """Detect `paths` with the local or the Ray engine; returns the exit code.
+
+    `protected`: files besides the keys and trust anchors that --out must not name (e.g. the path list).
+    """
+    from ..detect.scan import ResumeState
+
     if opts.engine is Engine.local and (opts.address is not None or opts.num_workers is not None):
         raise ConfigError("--address and --num-workers need --engine ray")
+    if opts.resume and opts.out is None:
+        raise ConfigError("--resume needs --out FILE (the file to continue)")
+    refuse_clobber("--out", opts.out, inputs=paths, protected=[*_protected(opts), *(protected or [])])
     spec, det = _detector(opts)
+    settings = _settings(opts, det)
     if opts.engine is Engine.ray:
-        from ..detect.ray_engine import ray_scan
+        return _run_ray(paths, opts, spec, det, settings)
+    from ..detect.scan import open_output, scan
 
+    with contextlib.ExitStack() as stack:
+        if opts.out is None:
+            writer, state = _stdout_writer(opts.format), ResumeState()
+        else:
+            writer, state = stack.enter_context(open_output(opts.out, opts.format.value, resume=opts.resume,
+                                                            settings=settings, info=info))
+            paths = _rebase(paths, state)
+        with _StopOnSigint() as stop, _progress(len(paths)) as adv:
+            summary = scan(det, paths, writer, workers=opts.workers, resume=state, should_stop=lambda: stop.stop,
+                           on_batch=adv)
+    return _finish(summary)
+
+
+def _run_ray(paths: list[str], opts: ScanOptions, spec, det, settings) -> int:
+    """The Ray engine: --out is locked and prepared here as for the local scan; shards and merge in ray_scan."""
+    from ..detect.ray_engine import ray_scan
+    from ..detect.scan import lock_output, prepare_output
+
+    with contextlib.ExitStack() as stack:
+        state = None
+        if opts.out is not None:
+            fd = stack.enter_context(lock_output(opts.out))
+            state = prepare_output(opts.out, opts.format.value, fd, resume=opts.resume, settings=settings, info=info)
+            paths = _rebase(paths, state)
         with _StopOnSigint() as stop, _progress(len(paths)) as adv:
             res = ray_scan(paths, spec, out=opts.out, stream=sys.stdout if opts.out is None else None,
                            fmt=opts.format.value, shard_format=opts.shard_format.value, resume=opts.resume,
                            num_workers=opts.num_workers, address=opts.address, should_stop=lambda: stop.stop,
-                           on_batch=adv, info=info, detector=det)
-        for pid, w in sorted(res.workers.items()):
-            info(f"worker {pid}: {w.images} images in {w.chunks} chunks, {w.images_per_s:.1f} images/s busy")
-        return _finish(res.summary, shards=f"; shards in {res.shards_dir}" if res.shards_dir else "")
-    from ..detect.scan import scan
-
-    with _output(opts.out, opts.format, opts.resume) as (writer, state), _StopOnSigint() as stop, \
-            _progress(len(paths)) as adv:
-        summary = scan(det, paths, writer, workers=opts.workers, resume=state, should_stop=lambda: stop.stop,
-                       on_batch=adv)
-    return _finish(summary)
+                           on_batch=adv, info=info, detector=det, state=state)
+    for pid, w in sorted(res.workers.items()):
+        info(f"worker {pid}: {w.images} images in {w.chunks} chunks, {w.images_per_s:.1f} images/s busy")
+    return _finish(res.summary, shards=f"; shards in {res.shards_dir}" if res.shards_dir else "")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -280,7 +333,7 @@ def manifest(
     with exit_on_error():
         paths = read_manifest(list_file, column)
         info(f"{len(paths)} paths in {list_file}")
-        code = _run_scan(paths, opts)
+        code = _run_scan(paths, opts, protected=[("the path list", list_file)])
     raise typer.Exit(code)
 
 
@@ -303,9 +356,17 @@ def image(
         if opts.resume:
             raise ConfigError("--heatmap cannot be combined with --resume")
         from ..detect.heatmap import heatmap as make_heatmap
+        from ..detect.scan import open_output
 
+        refuse_clobber("--heatmap", heatmap, inputs=paths, protected=[*_protected(opts), ("--out", opts.out)])
+        refuse_clobber("--out", opts.out, inputs=paths, protected=_protected(opts))
         _, det = _detector(opts)
-        with _output(opts.out, opts.format, False) as (writer, _):
+        with contextlib.ExitStack() as stack:
+            if opts.out is None:
+                writer = _stdout_writer(opts.format)
+            else:
+                writer, _ = stack.enter_context(open_output(opts.out, opts.format.value,
+                                                            settings=_settings(opts, det), info=info))
             try:
                 rec = make_heatmap(det, paths[0], heatmap)
                 info(f"heat map written to {heatmap}")
@@ -334,10 +395,13 @@ def calibrate(
     from ..detect.scan import find_images
 
     with exit_on_error():
+        if out_plot is not None:
+            _check_plot(out_plot)
         paths = find_images(directory, recursive=recursive, on_skip=info)
         info(f"{len(paths)} image files in {directory}")
         if not paths:
             raise ConfigError(f"no image files in {directory}")
+        refuse_clobber("--out-plot", out_plot, inputs=paths, protected=_protected(ScanOptions(key=key)))
         _, det = _detector(ScanOptions(key=key, test=test, batch_size=batch_size, model=model))
         with _progress(len(paths)) as adv:
             cal = calibrate_paths(det, paths, workers=workers, on_batch=adv)
@@ -361,3 +425,14 @@ def calibrate(
                     typer.echo(f"{r.alpha:>8.0e} {name:>10} {r.n_positive:>10} {r.fpr:>10.2e} {ci:>24}  {note}")
         code = ExitCode.UNREADABLE if cal.n_errors else ExitCode.OK
     raise typer.Exit(code)
+
+
+def _check_plot(out_plot: Path) -> None:
+    """Refuse an --out-plot that cannot be written, before any computation."""
+    if out_plot.is_dir():
+        raise ConfigError(f"--out-plot {out_plot} is a folder; name a PNG file")
+    parent = out_plot.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out-plot {out_plot}: folder {parent} does not exist")
+    if out_plot.exists() and not out_plot.is_file():
+        raise ConfigError(f"--out-plot {out_plot} is not a regular file")

@@ -8,7 +8,7 @@
 Results go to --out (per-attack results.jsonl, report.csv, summary.json, roc.png, tpr_vs_strength.png,
 summary_table.png; spoof.json and spoof.csv for spoof); the summary table is printed on stdout, logs
 and progress on stderr. Running the same command again resumes an interrupted run. Exit codes: 0 done;
-2 usage, config, model or key error; 130 interrupted (rerun to resume).
+2 usage, config, model or key error; 4 internal error; 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ Grid = choices("Grid", "summary full")
 
 def _floats(text: str, what: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        out = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not out:
+        raise ConfigError(f"{what} needs at least one number, got {text!r}")
+    return out
 
 
 def _ints(text: str, what: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        out = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not out:
+        raise ConfigError(f"{what} needs at least one integer, got {text!r}")
+    return out
 
 
 @contextlib.contextmanager

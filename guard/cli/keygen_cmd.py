@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..keys import WatermarkKey, default_key_path
+from ..errors import ConfigError
+from ..keys import MAX_LISTS, MIN_CODES_PER_SIDE, WatermarkKey, default_key_path
 from ._common import app, exit_on_error, info
 
 
@@ -15,8 +16,11 @@ from ._common import app, exit_on_error, info
 def keygen(
     out: Annotated[Path | None, typer.Option("--out", help="Key file to write (default: the default key, "
                                               "$XDG_CONFIG_HOME/guard/keys/default.json).")] = None,
-    lists: Annotated[int, typer.Option("--lists", min=1, help="Number of green lists K in the key's pool.")] = 8,
-    gamma: Annotated[float, typer.Option("--gamma", help="Green-list fraction, strictly between 0 and 1.")] = 0.25,
+    lists: Annotated[int, typer.Option("--lists", help=f"Number of green lists K in the key's pool (1 to "
+                                                         f"{MAX_LISTS}).")] = 8,
+    gamma: Annotated[float, typer.Option("--gamma", help=f"Green-list fraction, strictly between 0 and 1, leaving at "
+                                                         f"least {MIN_CODES_PER_SIDE} green and red codes per list."
+                                         )] = 0.25,
     model: Annotated[str, typer.Option("--model", help="Model spec whose tokenizer the key is bound to.")] = "reference",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")] = False,
 ) -> None:
@@ -24,6 +28,8 @@ def keygen(
     from ..models import load_tokenizer
 
     with exit_on_error():
+        if not 1 <= lists <= MAX_LISTS:
+            raise ConfigError(f"--lists must be between 1 and {MAX_LISTS}, got {lists}")
         tok = load_tokenizer(model)
         key = WatermarkKey.create(tok, gamma=gamma, n_lists=lists)
         path = key.save(out if out is not None else default_key_path(), overwrite=force)

@@ -222,5 +222,8 @@ def qq_plot(series: dict[str, Sequence[float]], path: str | os.PathLike, *, titl
         draw.rectangle([left + 8, top_m + 8 + 14 * j, left + 16, top_m + 16 + 14 * j], fill=c)
         draw.text((left + 22, top_m + 6 + 14 * j), f"{name} (n={len(e)})", fill="black", font=font)
     out = os.fspath(path)
-    img.save(out, format="PNG")
+    try:
+        img.save(out, format="PNG")
+    except OSError as e:
+        raise ConfigError(f"cannot write the QQ plot {out}: {e.strerror or e}") from None
     return out

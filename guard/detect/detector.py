@@ -34,7 +34,7 @@ from ..errors import ConfigError, ImageError, KeyFileError
 from ..provenance.binding import empty_record_fields, record_fields
 from ..provenance.read import ManifestReader
 from . import stats
-from ..imageio import MAX_PIXELS, LoadedImage, load_image
+from ..imageio import DECODE_BUDGET_BYTES, MAX_DECODE_BYTES, MAX_PIXELS, DecodeBudget, LoadedImage, load_image
 
 __all__ = ["DetectionRecord", "Detector", "DetectorSpec", "RECORD_FIELDS", "TESTS", "search_transforms"]
 
@@ -179,10 +179,12 @@ def search_transforms(image_size: int, grid: tuple[int, int], search: bool) -> d
 # ---------------------------------------------------------------------------------------------------
 
 
-def _timed_load(path, size: int, max_pixels: int) -> tuple[LoadedImage | None, str | None, float]:
+def _timed_load(path, size: int, max_pixels: int, max_decode_bytes: int = MAX_DECODE_BYTES,
+                budget: DecodeBudget | None = None) -> tuple[LoadedImage | None, str | None, float]:
     t0 = time.perf_counter()
     try:
-        img, err = load_image(path, size, max_pixels=max_pixels), None
+        img, err = load_image(path, size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes,
+                              budget=budget), None
     except ImageError as e:
         img, err = None, str(e) or "unreadable image"
     except Exception as e:  # noqa: BLE001 - a scan must survive any one file
@@ -204,6 +206,9 @@ class Detector:
             then counts every transform.
         batch_size: images per tokenizer call (with search, transforms × images are batched together).
         max_pixels: decompression-bomb limit for files.
+        max_decode_bytes: memory budget of decoding one file (`guard.imageio.decode_estimate`; above it a
+            JPEG is decoded at a reduced scale if one fits, other files get an error row).
+        decode_budget_bytes: memory budget shared by the decoding threads (`guard.imageio.DecodeBudget`).
         provenance: read each file's Content Credentials into the record (True, default), with a
             `guard.provenance.ManifestReader` (e.g. one holding trust anchors), or not at all (False).
 
@@ -219,7 +224,8 @@ class Detector:
 
     def __init__(self, green_lists, tokenizer, *, test: str = "distinct", alpha: float = 1e-4,
                  search: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
-                 provenance: "bool | ManifestReader" = True) -> None:
+                 provenance: "bool | ManifestReader" = True, max_decode_bytes: int = MAX_DECODE_BYTES,
+                 decode_budget_bytes: int = DECODE_BUDGET_BYTES) -> None:
         lists = [green_lists] if hasattr(green_lists, "masks") else list(green_lists)
         if not lists:
             raise ConfigError("green_lists is empty; pass at least one GreenLists (one per key)")
@@ -229,6 +235,8 @@ class Detector:
             raise ConfigError(f"alpha must be in (0, 1), got {alpha!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not isinstance(max_decode_bytes, int) or max_decode_bytes < 1:
+            raise ConfigError(f"max_decode_bytes must be an int >= 1, got {max_decode_bytes!r}")
         seen = set()
         for g in lists:
             if g.tokenizer_id != tokenizer.id or int(g.vocab_size) != int(tokenizer.vocab_size):
@@ -248,6 +256,8 @@ class Detector:
         self.search = bool(search)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.max_decode_bytes = max_decode_bytes
+        self.decode_budget = DecodeBudget(decode_budget_bytes)
         self.image_size = int(tokenizer.image_size)
         self.transforms = search_transforms(self.image_size, tuple(tokenizer.grid), self.search)
         self._masks = [g.masks.detach().to("cpu", torch.bool) for g in lists]
@@ -415,15 +425,22 @@ class Detector:
         `prefetch` the next batch is decoded while the consumer works on the current one; that overlaps
         decoding with tokenizing when the tokenizer runs elsewhere (a GPU), but on a CPU tokenizer the
         decoding threads contend with it for the GIL and slow it down, so it is off by default.
+
+        The threads share the detector's `decode_budget` (memory). If the consumer stops early or an
+        exception (a second Ctrl-C) interrupts the wait, the pool is shut down without waiting for a
+        thread still reading a file (threads are named "guard-decode*").
         """
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
         paths = list(paths)
         chunks = [paths[i:i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guard-decode") as pool:
-            def submit(chunk) -> list[Future]:
-                return [pool.submit(_timed_load, p, self.image_size, self.max_pixels) for p in chunk]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="guard-decode")
 
+        def submit(chunk) -> list[Future]:
+            return [pool.submit(_timed_load, p, self.image_size, self.max_pixels, self.max_decode_bytes,
+                                self.decode_budget) for p in chunk]
+
+        try:
             pending = submit(chunks[0]) if chunks else []
             for i, chunk in enumerate(chunks):
                 futures = pending
@@ -437,6 +454,10 @@ class Detector:
                     for f in pending:
                         f.cancel()
                     raise
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _detect_loaded(self, chunk: Sequence, results: Sequence) -> list[DetectionRecord]:
         ok = [i for i, (img, _, _) in enumerate(results) if img is not None]
@@ -464,7 +485,7 @@ class DetectorSpec:
     Args:
         keys: the `WatermarkKey`s (with their secrets; never printed: `repr` shows key ids only).
         model: the model spec whose tokenizer re-quantizes images (`guard.models.load_tokenizer`).
-        test, alpha, search, batch_size, max_pixels: as for `Detector`.
+        test, alpha, search, batch_size, max_pixels, max_decode_bytes, decode_budget_bytes: as for `Detector`.
         provenance: as for `Detector`: True reads Content Credentials with a default reader, a
             `guard.provenance.ManifestReader` reads them with that reader (e.g. holding trust anchors; it
             travels to workers with its certificates), False turns it off.
@@ -482,6 +503,8 @@ class DetectorSpec:
     batch_size: int = 64
     max_pixels: int = MAX_PIXELS
     provenance: "bool | ManifestReader" = True
+    max_decode_bytes: int = MAX_DECODE_BYTES
+    decode_budget_bytes: int = DECODE_BUDGET_BYTES
 
     def build(self, tokenizer: Any = None) -> Detector:
         """The `Detector` (loads the tokenizer unless given; derives each key's green lists)."""
@@ -493,7 +516,8 @@ class DetectorSpec:
         tok = tokenizer if tokenizer is not None else load_tokenizer(self.model)
         lists = [GreenLists(k, tok) for k in self.keys]
         return Detector(lists, tok, test=self.test, alpha=self.alpha, search=self.search,
-                        batch_size=self.batch_size, max_pixels=self.max_pixels, provenance=self.provenance)
+                        batch_size=self.batch_size, max_pixels=self.max_pixels, provenance=self.provenance,
+                        max_decode_bytes=self.max_decode_bytes, decode_budget_bytes=self.decode_budget_bytes)
 
     def describe(self, detector: Detector) -> str:
         """One log line: the looks behind each decision, the test and alpha."""

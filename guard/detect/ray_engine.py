@@ -57,9 +57,10 @@ import torch
 
 from .._files import temp_beside
 from ..errors import ConfigError, GuardError
-from ..imageio import LoadedImage, from_uint8, to_uint8
+from ..imageio import MAX_DECODE_BYTES, LoadedImage, from_uint8, to_uint8
 from .detector import RECORD_FIELDS, DetectionRecord, Detector, DetectorSpec, _timed_load
-from .scan import FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state
+from .scan import (FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state,
+                   resolve_path)
 
 __all__ = ["DetectorSpec", "ShardStore", "RayScanResult", "WorkerStats", "ray_scan", "ray_cluster",
            "SHARD_FORMATS", "shards_dir_for"]
@@ -197,15 +198,15 @@ class ShardStore:
 
 # ---------------------------------------------------------------------------------------------- ray stages
 
-def _decode_chunk(row: dict, *, image_size: int, max_pixels: int) -> dict:
-    """Ray task: read, hash and decode one chunk of files with the local scan's own loader."""
+def _decode_chunk(row: dict, *, image_size: int, max_pixels: int, max_decode_bytes: int = MAX_DECODE_BYTES) -> dict:
+    """Ray task: read, hash and decode one chunk of files with the local scan's own loader (one at a time)."""
     paths = json.loads(row["paths"])
     n, s = len(paths), image_size
     pixels = np.zeros((n, 3, s, s), dtype=np.uint8)
     meta = []
     t0 = time.perf_counter()
     for i, p in enumerate(paths):
-        img, err, ms = _timed_load(p, s, max_pixels)
+        img, err, ms = _timed_load(p, s, max_pixels, max_decode_bytes)
         if img is not None:
             pixels[i] = to_uint8(img.tensor, channels_last=False)
             meta.append(dict(ok=True, width=img.width, height=img.height, resize=img.resize, sha256=img.sha256,
@@ -370,7 +371,7 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
              resume: bool = False, num_workers: int | None = None, address: str | None = None,
              should_stop: Callable[[], bool] = lambda: False, on_batch: Callable[[int], None] | None = None,
              on_chunk: Callable[[dict], None] | None = None, info: Callable[[str], None] = lambda s: None,
-             detector: Detector | None = None) -> RayScanResult:
+             detector: Detector | None = None, state: ResumeState | None = None) -> RayScanResult:
     """Detect `paths` on Ray; write shards and one merged output with the local scan's records.
 
     Args:
@@ -389,6 +390,10 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
         on_chunk: called with each chunk's summary row (position, n, pid, timings...).
         info: log lines (stderr in the CLI).
         detector: the driver's `spec.build()` if already built (saves loading the tokenizer twice).
+        state: what `out` already holds, when the caller has read it (`guard.detect.scan.prepare_output`,
+            which also locks `out` and checks its settings); default: read here when resuming.
+
+    Paths are keyed on their real path (`guard.detect.scan.resolve_path`), as in the local scan.
 
     Raises:
         ConfigError: bad options, Ray missing, a cluster that cannot be joined, an unresumable output.
@@ -414,14 +419,15 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
 
     # Build the detector once here: a key made for another tokenizer fails now, before any cluster starts.
     image_size = (detector or spec.build()).image_size
-    state = read_resume_state(out, fmt) if resume else ResumeState()
-    if state.dropped_bytes:
-        info(f"resume: dropped a partial last line ({state.dropped_bytes} bytes) from {out}")
+    if state is None:
+        state = read_resume_state(out, fmt) if resume else ResumeState()
+        if state.dropped_bytes:
+            info(f"resume: dropped a partial last line ({state.dropped_bytes} bytes) from {out}")
     tmp_dir = None if out is not None else tempfile.mkdtemp(prefix="guard-shards-")
     store = ShardStore(shards_dir_for(out) if out is not None else tmp_dir, shard_format)
     if resume:
         store.clean_temp()
-        shard_done = store.done_paths()
+        shard_done = {resolve_path(p, state.base) for p in store.done_paths()}
         if shard_done - state.done:
             info(f"resume: {len(shard_done - state.done)} rows committed in {store.directory} but not yet merged")
     else:
@@ -430,14 +436,19 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
             info(f"fresh scan: removed the old shards in {store.directory}")
     done = state.done | shard_done
 
-    ordered, positions = [], {}
+    ordered, positions, reals = [], {}, set()
+    n_same = 0
     for p in paths:
         key = os.fspath(p)
-        if key not in positions:
-            positions[key] = len(ordered)
-            ordered.append(key)
-    todo = [p for p in ordered if p not in done]
-    summary = ScanSummary(n_skipped=len(ordered) - len(todo))
+        real = resolve_path(key)
+        if real in reals:
+            n_same += 1
+            continue
+        reals.add(real)
+        positions[key] = len(ordered)
+        ordered.append((key, real))
+    todo = [p for p, real in ordered if real not in done]
+    summary = ScanSummary(n_skipped=len(ordered) - len(todo), n_same_file=n_same)
     if on_batch and summary.n_skipped:
         on_batch(summary.n_skipped)
     result = RayScanResult(summary=summary, shards_dir=store.directory if tmp_dir is None else None)
@@ -483,7 +494,8 @@ def _run_pipeline(todo: list[str], positions: dict[str, int], spec: DetectorSpec
         actor_cpus = _plan_cpus(total_cpus, n)
         result.n_workers, result.actor_cpus = n, actor_cpus
         ds = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 4 * n)))
-        ds = ds.map(_decode_chunk, fn_kwargs=dict(image_size=image_size, max_pixels=spec.max_pixels),
+        ds = ds.map(_decode_chunk, fn_kwargs=dict(image_size=image_size, max_pixels=spec.max_pixels,
+                                                  max_decode_bytes=spec.max_decode_bytes),
                     num_cpus=DECODE_CPUS)
         ds = ds.map_batches(
             _ChunkDetector, batch_size=1, batch_format="numpy",
@@ -526,7 +538,7 @@ def _merge(store: ShardStore, out, stream, fmt: str, resume: bool, state: Resume
         for shard in store.shards():
             batch = []
             for row in ShardStore.read(shard):
-                p = str(row["path"])
+                p = resolve_path(str(row["path"]), state.base)
                 if p in seen:
                     continue
                 seen.add(p)
@@ -546,16 +558,17 @@ def _merge(store: ShardStore, out, stream, fmt: str, resume: bool, state: Resume
         write_all(open_writer(stream, fmt))
         return
     out = Path(out)
+    errors = "surrogateescape" if fmt == "csv" else "strict"      # CSV writes undecodable path bytes as they are
     if resume and out.exists():
         try:
-            with open(out, "a", encoding="utf-8", newline="") as f:
+            with open(out, "a", encoding="utf-8", newline="", errors=errors) as f:
                 write_all(open_writer(f, fmt, header=f.tell() == 0))
         except OSError as e:
             raise ConfigError(f"cannot write --out {out}: {e.strerror}") from None
         return
     try:
         with temp_beside(out) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
+            with open(tmp, "w", encoding="utf-8", newline="", errors=errors) as f:
                 write_all(open_writer(f, fmt))
                 f.flush()
                 os.fsync(f.fileno())

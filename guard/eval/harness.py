@@ -119,11 +119,17 @@ class EvalConfig:
             raise ConfigError("mode 'folders' needs both wm_dir (watermarked images) and clean_dir (clean images)")
         if self.mode != "folders" and (self.wm_dir is not None or self.clean_dir is not None):
             raise ConfigError(f"wm_dir/clean_dir are only for mode 'folders', not {self.mode!r}")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"out {self.out} exists and is not a folder; name a folder (it is created or resumed)")
+        if not list(self.alphas):
+            raise ConfigError("alphas must list at least one significance level")
+        if not list(self.fprs):
+            raise ConfigError("fprs must list at least one false-positive rate")
         for a in self.alphas:
-            if not 0 < a < 1:
+            if not (isinstance(a, (int, float)) and 0 < a < 1):
                 raise ConfigError(f"alpha must be in (0, 1), got {a!r}")
         for f in self.fprs:
-            if not 0 < f < 1:
+            if not (isinstance(f, (int, float)) and 0 < f < 1):
                 raise ConfigError(f"fpr must be in (0, 1), got {f!r}")
         if self.attacks is None:
             self.attacks = parse_attack_list(None, full=True)
