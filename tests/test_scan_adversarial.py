@@ -342,6 +342,19 @@ def test_unexpected_exception_is_internal_error_exit_4(tmp_path, key, monkeypatc
     assert "Traceback" not in r.output
 
 
+def test_ordinary_exits_are_not_internal_errors(tmp_path, key):
+    """typer's own Exit/usage exceptions pass through the CLI boundary untouched (in-process and through main())."""
+    img = _pngs(tmp_path / "d", 1)[0]
+    r = runner.invoke(app, ["detect", "image", str(img), "--key", key])
+    assert r.exit_code in (ExitCode.WATERMARKED, ExitCode.NONE), r.output
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    env = _penv(tmp_path)
+    r = subprocess.run(_guard("keygen", "--no-such-option"), env=env, capture_output=True, timeout=120)
+    assert r.returncode == ExitCode.USAGE and b"internal error" not in r.stderr, r.stderr.decode()
+    r = subprocess.run(_guard("detect", "image", str(img), "--key", key), env=env, capture_output=True, timeout=120)
+    assert r.returncode in (ExitCode.WATERMARKED, ExitCode.NONE), r.stderr.decode()
+
+
 def test_former_tracebacks_are_one_line_exit_2(tmp_path, key):
     d = tmp_path / "d"
     _pngs(d, 2)

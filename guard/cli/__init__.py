@@ -14,11 +14,10 @@ import os
 import sys
 import threading
 
-import click
 import typer
 
 from ..errors import ExitCode
-from ._common import app, internal_error, stderr
+from ._common import CLI_EXCEPTIONS, app, internal_error, stderr
 
 # Command modules register on import.
 from . import keygen_cmd, watermark_cmd, detect_cmd, erase_cmd  # noqa: E402,F401
@@ -40,12 +39,22 @@ def main() -> None:
         code = rv if isinstance(rv, int) else ExitCode.OK
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (ExitCode.OK if e.code is None else ExitCode.USAGE)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         stderr.print("interrupted", markup=False)
         code = ExitCode.INTERRUPTED
-    except click.exceptions.ClickException as e:
-        e.show()
-        code = ExitCode.USAGE
+    except CLI_EXCEPTIONS as e:
+        if type(e).__name__ == "Abort":                     # click/typer's wrapper of a Ctrl-C
+            stderr.print("interrupted", markup=False)
+            code = ExitCode.INTERRUPTED
+        elif type(e).__name__ == "Exit":
+            code = int(getattr(e, "exit_code", ExitCode.OK))
+        else:                                               # usage errors (bad option, missing argument)
+            show = getattr(e, "show", None)
+            if show is not None:
+                show()
+            else:
+                stderr.print(f"error: {e}", markup=False)
+            code = ExitCode.USAGE
     except Exception as e:  # noqa: BLE001 - the CLI boundary
         code = internal_error(e)
     if any(t.name.startswith("guard-decode") and t.is_alive() for t in threading.enumerate()):

@@ -10,7 +10,6 @@ import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 
@@ -45,6 +44,21 @@ def info(msg: str) -> None:
     stderr.print(msg, markup=False)
 
 
+def _cli_exceptions() -> tuple[type[BaseException], ...]:
+    """The exceptions typer and click use to end a command (exit, abort, usage errors): never "internal"."""
+    out: list[type[BaseException]] = [typer.Exit, typer.Abort, getattr(typer, "TyperException", typer.Exit)]
+    try:
+        import click
+    except ImportError:  # typer >= 0.29 vendors its own click
+        pass
+    else:
+        out += [click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException]
+    return tuple(out)
+
+
+CLI_EXCEPTIONS = _cli_exceptions()
+
+
 def internal_error(e: BaseException) -> int:
     """Report an unexpected exception as one stderr line (the traceback too with GUARD_DEBUG=1); `ExitCode.INTERNAL`."""
     if os.environ.get("GUARD_DEBUG"):
@@ -61,7 +75,7 @@ def exit_on_error() -> Iterator[None]:
     any other exception (a bug) into one line and `ExitCode.INTERNAL` — never 0 or 1."""
     try:
         yield
-    except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+    except CLI_EXCEPTIONS:
         raise
     except (ConfigError, KeyFileError, ModelError, GuardError) as e:
         stderr.print(f"error: {e}", markup=False)

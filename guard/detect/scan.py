@@ -60,7 +60,7 @@ from ..imageio import IMAGE_SUFFIXES
 
 __all__ = ["FORMATS", "ScanSummary", "ResumeState", "ScanSettings", "find_images", "open_writer", "open_output",
            "lock_output", "prepare_output", "read_resume_state", "check_resume", "settings_path", "resolve_path",
-           "scan"]
+           "plan_paths", "scan"]
 
 FORMATS = ("jsonl", "csv", "table")
 SETTINGS_SUFFIX = ".settings.json"
@@ -417,7 +417,7 @@ class ScanSettings:
         if state.tokenizer_ids - {self.tokenizer_id}:
             out.append(f"tokenizer {_show(sorted(state.tokenizer_ids))} (this run: {self.tokenizer_id})")
         if state.key_ids - set(self.key_ids):
-            out.append(f"key {_show(sorted(state.key_ids - set(self.key_ids)))} in its rows (this run: keys "
+            out.append(f"keys {_show(sorted(state.key_ids - set(self.key_ids)))} in its rows (this run: "
                        f"{_show(self.key_ids)})")
         if state.searched and not self.search:
             out.append("search (rows with search transforms; this run: no --search)")
@@ -646,7 +646,7 @@ def scan(detector: Detector, paths: Iterable, writer: _Writer, *, workers: int =
     """
     resume = resume or ResumeState()
     summary = ScanSummary(n_rows=resume.n_rows, n_watermarked=resume.n_watermarked, n_errors=resume.n_errors)
-    todo, done, summary.n_skipped, summary.n_same_file = plan_paths(paths, resume)
+    todo, _, summary.n_skipped, summary.n_same_file = plan_paths(paths, resume)
     if on_batch and summary.n_skipped:
         on_batch(summary.n_skipped)
     if should_stop():
