@@ -16,8 +16,9 @@ from guard.models.reference import WEIGHTS_DIR, load_classifier
 from guard.models.reference.classifier import prompt_adherence
 from guard.models.reference.evaluate import heldout_prompts, to_uint8_png
 from guard.models.reference.model import load_tokenizer as load_tokenizer_from
-from guard.models.reference.shapes import (COLOURS, POSITIONS, SHAPES, SYNONYMS, is_held_out, parse_prompt,
-                                           prompt_for, render, sample_scene)
+from guard.models.reference.shapes import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SYNONYMS, is_held_out,
+                                           is_held_out_background, parse_background, parse_prompt, prompt_for,
+                                           render, sample_scene)
 from guard.models.reference.data import render_dataset
 
 
@@ -40,7 +41,7 @@ def test_renderer_is_pinned_across_versions():
     assert digest[:16] == PINNED_RENDER_DIGEST
 
 
-PINNED_RENDER_DIGEST = "e4448a65e2ecfc5d"
+PINNED_RENDER_DIGEST = "7dbc1e2a4855f965"
 
 
 def test_scene_space_and_prompt_vocabulary():
@@ -49,20 +50,39 @@ def test_scene_space_and_prompt_vocabulary():
     assert {o.shape for o in objs} == set(SHAPES) and len(SHAPES) >= 5
     assert {o.colour for o in objs} == set(COLOURS) and len(COLOURS) >= 6
     assert {o.position for o in objs} == set(POSITIONS) and {o.size for o in objs} == {"small", "large"}
-    assert {len(sc.objects) for sc in scenes} == {1, 2}
-    assert all(len(SYNONYMS[w]) >= 2 for w in SHAPES + COLOURS)
-    # Objects of one scene sit in distinct quadrants; the train split never shows a held-out triple.
+    assert {len(sc.objects) for sc in scenes} == {1, 2, 3}
+    assert {sc.background for sc in scenes} == set(BACKGROUNDS) and len(BACKGROUNDS) >= 8
+    assert all(len(SYNONYMS[w]) >= 2 for w in SHAPES + COLOURS + BACKGROUNDS)
+    # Objects of one scene sit in distinct quadrants; the train split never shows a held-out triple
+    # or (shape, background) pair; the held-out split's first object is one of the two.
     assert all(len({o.position for o in sc.objects}) == len(sc.objects) for sc in scenes)
     assert not any(is_held_out(o.shape, o.colour, o.position) for o in objs)
-    held = [sample_scene(s, split="heldout").objects[0] for s in range(50)]
-    assert all(is_held_out(o.shape, o.colour, o.position) for o in held)
+    assert not any(is_held_out_background(o.shape, sc.background) for sc in scenes for o in sc.objects)
+    held = [sample_scene(s, split="heldout") for s in range(60)]
+    kinds = [(is_held_out(o.shape, o.colour, o.position), is_held_out_background(o.shape, sc.background))
+             for sc in held for o in sc.objects[:1]]
+    assert all(a or b for a, b in kinds) and any(a for a, _ in kinds) and any(b for _, b in kinds)
+
+
+def test_every_region_is_textured():
+    # v2's point (DESIGN §8): no flat regions. Every 4x4 patch (one token) of a scene varies, most by
+    # several levels (v1's flat backgrounds and objects: 0).
+    stds = []
+    for s in range(40):
+        img = render(sample_scene(s)).astype(np.float64)
+        stds.append(img.reshape(16, 4, 16, 4, 3).std(axis=(1, 3)).mean(-1))
+    stds = np.stack(stds)
+    assert stds.min() > 0.5 and np.median(stds) > 3.0
 
 
 def test_prompt_parses_back_to_the_scene():
     for s in range(200):
         scene = sample_scene(s)
-        parsed = parse_prompt(prompt_for(scene, seed=s))
-        assert parsed == [(o.shape, o.colour, o.size, o.position) for o in scene.objects]
+        prompt = prompt_for(scene, seed=s)
+        assert parse_prompt(prompt) == [(o.shape, o.colour, o.size, o.position) for o in scene.objects]
+        assert parse_background(prompt) == scene.background
+    assert parse_background("a big red disc in the upper left") is None
+    assert parse_prompt("a big red disc in the upper left on a marble slab") == [("circle", "red", "large", "top left")]
     with pytest.raises(ValueError, match="no shape"):
         parse_prompt("a big red thing in the upper left")
 
@@ -71,23 +91,25 @@ def test_prompt_parses_back_to_the_scene():
 def test_tokenizer_protocol_shapes_and_roundtrip():
     tok = load_tokenizer("reference")
     assert isinstance(tok, Tokenizer)
-    assert tok.vocab_size >= 1024 and tok.grid == (16, 16) and tok.image_size == 64
-    assert tok.id.startswith("reference-vq-1024@")
+    assert tok.vocab_size == 4096 and tok.grid == (16, 16) and tok.image_size == 64
+    assert tok.id.startswith("reference-vq-4096@")
     imgs, _, _ = render_dataset(5_000_000, 32, "any", workers=1)
     x = _as_float(imgs)
     codes = tok.encode(x)
     assert codes.shape == (32, 16, 16) and codes.dtype == torch.long
+    # Textured scenes use many distinct codes, as natural images do (v1's flat scenes: ~25 of 256).
+    assert np.median([torch.unique(c).numel() for c in codes]) > 90
     rec = to_uint8_png(tok.decode(codes))
     assert rec.shape == (32, 3, 64, 64)
     psnr = 10 * torch.log10(1 / (rec - x).pow(2).flatten(1).mean(1))
-    assert psnr.mean() > 30.0
-    # decode -> 8-bit PNG -> encode gives back the codes (shipped FSQ VQ: 0.95 on 1,000 held-out
-    # scenes), also for token maps a sampler makes (30% random codes: 0.99)
-    assert (tok.encode(rec) == codes).float().mean() > 0.9
+    assert psnr.mean() > 23.0
+    # decode -> 8-bit PNG -> encode gives back the codes (shipped FSQ VQ: 0.976 on 1,000 held-out
+    # scenes), also for token maps a sampler makes (30% random codes: 0.973)
+    assert (tok.encode(rec) == codes).float().mean() > 0.93
     g = torch.Generator().manual_seed(1)
     mixed = torch.where(torch.rand(codes.shape, generator=g) < 0.3,
                         torch.randint(0, tok.vocab_size, codes.shape, generator=g), codes)
-    assert (tok.encode(to_uint8_png(tok.decode(mixed))) == mixed).float().mean() > 0.95
+    assert (tok.encode(to_uint8_png(tok.decode(mixed))) == mixed).float().mean() > 0.93
     assert tok.embeddings().shape[0] == tok.vocab_size
     with pytest.raises(ConfigError, match=r"\(B,3,64,64\)"):
         tok.encode(torch.rand(2, 3, 32, 32))
@@ -194,7 +216,8 @@ def test_object_token_weights_cover_the_objects_and_only_them():
         bare = torch.from_numpy(np.asarray(render(dataclasses.replace(scene, objects=())), dtype=np.float32))
         touched = (img - bare).abs().amax(-1).view(16, 4, 16, 4).amax((1, 3)).flatten() > 0
         assert bool((row[touched] == 4.0).all())
-        assert float((row == 4.0).float().mean()) < 0.6  # the background keeps weight 1
+        assert float((row == 4.0).float().mean()) < 0.8  # some background keeps weight 1 even with three objects
+    assert float((w == 4.0).float().mean()) < 0.5
 
 
 def test_batch_indices_draw_the_asked_fraction_from_each_pool():
@@ -225,3 +248,38 @@ def test_checkpoint_averaging_window_and_mean():
         torch.testing.assert_close(avg[k].float(), (a[k].float() + b[k].float()) / 2)
     # The averaged weights load back into the model.
     ShapesGPT(GPTConfig(n_layer=1, d_model=32, n_head=2)).load_state_dict(avg)
+
+
+def test_gpt_training_resumes_exactly_where_it_stopped(tmp_path):
+    # A run stopped with --stop-after and continued with --resume ends with the same weights as one
+    # uninterrupted run (optimizer state, step and batch RNG all travel in the checkpoint).
+    import json
+
+    from safetensors.torch import load_file
+
+    from guard.models.reference.gpt import tokenize_prompts  # noqa: F401  (vocabulary import check)
+    from guard.models.reference.shapes import prompt_for, sample_scene, scene_labels
+    from guard.models.reference.train import main
+
+    scenes = [sample_scene(s) for s in range(16)]
+    g = torch.Generator().manual_seed(0)
+    np.savez(tmp_path / "gpt_tokens.npz", codes=torch.randint(0, 64, (16, 16, 16), generator=g).numpy().astype(np.int16),
+             prompts=np.array([prompt_for(sc, seed=i) for i, sc in enumerate(scenes)]),
+             labels=np.stack([scene_labels(sc) for sc in scenes]).astype(np.int8))
+    outs = []
+    for name, runs in [("straight", [[]]), ("resumed", [["--stop-after", "2"], ["--resume"]])]:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "card.json").write_text(json.dumps({"components": {"vq": {"config": {
+            "codebook_size": 64, "code_dim": 3, "quantizer": "fsq", "levels": [4, 4, 4]}}}}))
+        work = tmp_path / f"work_{name}"
+        work.mkdir()
+        (work / "gpt_tokens.npz").write_bytes((tmp_path / "gpt_tokens.npz").read_bytes())
+        for extra in runs:
+            main(["gpt", "--out", str(out), "--workdir", str(work), "--steps", "4", "--batch", "4", "--lr", "1e-3",
+                  "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--ckpt-every", "2", "--object-weight", "2",
+                  "--log-every", "100", "--threads", "1", *extra])
+        outs.append(load_file(str(out / "gpt.safetensors")))
+    assert outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k

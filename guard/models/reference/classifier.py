@@ -1,4 +1,4 @@
-"""A small CNN that reads a shapes scene: for each quadrant, its shape (or empty), colour and size.
+"""A small CNN that reads a scene: for each quadrant its shape (or empty), colour and size; and the background.
 
 It measures prompt adherence of generated images and concept presence for erasure.
 """
@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_prompt
+from .shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, parse_background, parse_prompt
 
 
 class SceneClassifier(nn.Module):
-    """(B,3,64,64) in [0,1] -> per-quadrant logits: shape (B,4,7), colour (B,4,6), size (B,4,2)."""
+    """(B,3,64,64) in [0,1] -> per-quadrant logits shape (B,4,7), colour (B,4,6), size (B,4,2); background (B,9)."""
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
@@ -30,20 +30,26 @@ class SceneClassifier(nn.Module):
         self.n_shape, self.n_colour, self.n_size = len(SHAPES) + 1, len(COLOURS), len(SIZES)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 128), nn.ReLU(),
                                   nn.Linear(128, self.n_shape + self.n_colour + self.n_size))
+        self.n_background = len(BACKGROUNDS)
+        self.background_head = nn.Sequential(nn.Linear(8 * w, 64), nn.ReLU(), nn.Linear(64, self.n_background))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.features(x * 2 - 1)  # (B,C,8,8)
         b, c = f.shape[:2]
         # Quadrants in POSITIONS order: top left, top right, bottom left, bottom right.
         q = f.view(b, c, 2, 4, 2, 4).permute(0, 2, 4, 1, 3, 5).reshape(b * 4, c, 4, 4)
         out = self.head(q).view(b, 4, -1)
-        return out[..., : self.n_shape], out[..., self.n_shape: self.n_shape + self.n_colour], out[..., -self.n_size:]
+        # Background: mean and max of the features over the whole image (objects cover at most part of it).
+        g = self.background_head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+        return (out[..., : self.n_shape], out[..., self.n_shape: self.n_shape + self.n_colour],
+                out[..., -self.n_size:], g)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """labels (B,4,3): shape+1 (0 empty), colour, size; colour/size only count where an object is."""
-        s, c, z = self(x)
+        """labels (B,4,4): shape+1 (0 empty), colour, size, background; colour/size only count where an object is."""
+        s, c, z, g = self(x)
         present = labels[..., 0] > 0
         loss = F.cross_entropy(s.reshape(-1, self.n_shape), labels[..., 0].reshape(-1))
+        loss = loss + F.cross_entropy(g, labels[:, 0, 3])
         if present.any():
             loss = loss + F.cross_entropy(c[present], labels[..., 1][present])
             loss = loss + F.cross_entropy(z[present], labels[..., 2][present])
@@ -51,28 +57,37 @@ class SceneClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,4,3) predicted labels in the same layout as `shapes.scene_labels`."""
-        s, c, z = self(x)
-        return torch.stack([s.argmax(-1), c.argmax(-1), z.argmax(-1)], -1)
+        """(B,4,4) predicted labels in the layout of `shapes.scene_labels` (background repeated per quadrant)."""
+        s, c, z, g = self(x)
+        return torch.stack([s.argmax(-1), c.argmax(-1), z.argmax(-1), g.argmax(-1)[:, None].expand(-1, 4)], -1)
 
 
 @dataclass(frozen=True)
 class Adherence:
-    """Fraction of prompted objects whose shape / colour / both the classifier confirms."""
+    """Fraction of prompted objects whose shape / colour / both the classifier confirms, and of prompts
+    naming a background whose background it confirms (nan when no prompt names one)."""
 
     shape: float
     colour: float
     both: float
     n_objects: int
+    background: float = float("nan")
+    n_backgrounds: int = 0
 
 
 def prompt_adherence(classifier: SceneClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[Adherence, torch.Tensor]:
     """Judge each image against its prompt. Returns the summary and a per-image bool (all objects right)."""
     pred = torch.cat([classifier.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
-    ok_s = ok_c = ok_b = n = 0
+    ok_s = ok_c = ok_b = n = ok_g = n_g = 0
     per_image = torch.zeros(len(prompts), dtype=torch.bool)
     for i, p in enumerate(prompts):
         all_ok = True
+        background = parse_background(p)
+        if background is not None:
+            g_ok = int(pred[i, 0, 3]) == BACKGROUNDS.index(background)
+            ok_g += g_ok
+            n_g += 1
+            all_ok &= g_ok
         for shape, colour, _size, pos in parse_prompt(p):
             q = POSITIONS.index(pos)
             s_ok = int(pred[i, q, 0]) == SHAPES.index(shape) + 1
@@ -83,4 +98,4 @@ def prompt_adherence(classifier: SceneClassifier, images: torch.Tensor, prompts:
             all_ok &= s_ok and c_ok
             n += 1
         per_image[i] = all_ok
-    return Adherence(ok_s / n, ok_c / n, ok_b / n, n), per_image
+    return Adherence(ok_s / n, ok_c / n, ok_b / n, n, ok_g / n_g if n_g else float("nan"), n_g), per_image

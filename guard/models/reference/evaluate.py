@@ -71,7 +71,8 @@ def eval_vq() -> dict:
             "roundtrip_agreement_30pct_random_codes": round(float((mixed_again == mixed).float().mean()), 4),
             "roundtrip_agreement_jpeg90": jpeg[90], "roundtrip_agreement_jpeg75": jpeg[75],
             "codes_used_heldout": int(torch.unique(codes).numel()),
-            "distinct_codes_per_image": round(float(np.mean([torch.unique(c).numel() for c in codes])), 1)}
+            "distinct_codes_per_image": round(float(np.mean([torch.unique(c).numel() for c in codes])), 1),
+            "distinct_codes_per_image_median": float(np.median([torch.unique(c).numel() for c in codes]))}
 
 
 def eval_generator(n: int = 512, cfg: float = 3.0, seed: int = 1234) -> dict:
@@ -86,6 +87,7 @@ def eval_generator(n: int = 512, cfg: float = 3.0, seed: int = 1234) -> dict:
     adh, _ = prompt_adherence(clf, images, prompts)
     again = tok.encode(images)
     agreement = float((again == codes).float().mean())
+    distinct = np.array([torch.unique(c).numel() for c in codes])
     # Diversity: 8 prompts x 8 seeds; token disagreement and pixel distance between same-prompt samples.
     div_prompts = prompts[:8]
     div = gen.generate(div_prompts, n=8, seed=seed + 1, cfg=cfg).view(8, 8, -1)
@@ -99,7 +101,10 @@ def eval_generator(n: int = 512, cfg: float = 3.0, seed: int = 1234) -> dict:
     identical = sum(t == 0.0 for t in pair_tok)
     return {"n": n, "cfg": cfg, "adherence_shape": round(adh.shape, 4), "adherence_colour": round(adh.colour, 4),
             "adherence_both": round(adh.both, 4), "n_objects": adh.n_objects,
+            "adherence_background": round(adh.background, 4),
             "roundtrip_agreement_generated": round(agreement, 4),
+            "distinct_codes_generated_median": float(np.median(distinct)),
+            "distinct_codes_generated_p10_p90": [float(np.percentile(distinct, 10)), float(np.percentile(distinct, 90))],
             "same_prompt_token_disagreement_mean": round(float(np.mean(pair_tok)), 4),
             "same_prompt_mean_abs_pixel_diff": round(float(np.mean(pair_px)), 4),
             "identical_same_prompt_pairs": int(identical), "same_prompt_pairs": len(pair_tok),
@@ -116,6 +121,7 @@ def eval_classifier() -> dict:
     return {"shape_acc": round(float((pred[..., 0] == y[..., 0])[present].float().mean()), 4),
             "colour_acc": round(float((pred[..., 1] == y[..., 1])[present].float().mean()), 4),
             "quadrant_acc": round(float((pred[..., 0] == y[..., 0]).float().mean()), 4),
+            "background_acc": round(float((pred[:, 0, 3] == y[:, 0, 3]).float().mean()), 4),
             "n_scenes": 1000}
 
 

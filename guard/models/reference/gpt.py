@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import PREPOSITIONS, SYNONYMS
+from .shapes import BACKGROUND_PREPOSITION, PREPOSITIONS, SYNONYMS
 
-TEXT_LEN = 24
+# Three object phrases of up to 9 words, two 'and', 'on' and a background of up to 3 words: 34.
+TEXT_LEN = 40
 SPECIAL = ("<pad>", "<null>", "<unk>")
 
 
 def _text_vocab() -> tuple[str, ...]:
-    words = {"a", "and"}
+    words = {"a", "and", BACKGROUND_PREPOSITION}
     for phrases in list(SYNONYMS.values()) + [PREPOSITIONS]:
         for p in phrases:
             words.update(p.split())

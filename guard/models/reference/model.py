@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,9 @@ from .classifier import SceneClassifier
 from .gpt import GPTConfig, ShapesGPT, tokenize_prompts
 from .vq import VQConfig, VQModel
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+# GUARD_REFERENCE_WEIGHTS points every command at another weights folder (weights + card.json), e.g. a
+# freshly trained candidate, before it is copied into the package.
+WEIGHTS_DIR = Path(os.environ.get("GUARD_REFERENCE_WEIGHTS") or Path(__file__).parent / "weights")
 RETRAIN_HINT = "retrain with `python -m guard.models.reference.train all` or reinstall ar-guard"
 
 
@@ -60,7 +63,7 @@ def load_weights(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[dict[str, 
 
 
 class ReferenceTokenizer:
-    """The shapes VQ behind the `Tokenizer` protocol: 64x64 RGB <-> 16x16 codes of 1024."""
+    """The reference VQ behind the `Tokenizer` protocol: 64x64 RGB <-> 16x16 codes (codebook size from its card)."""
 
     def __init__(self, vq: VQModel, sha256: str, alive: torch.Tensor | None = None, batch_size: int = 256) -> None:
         self.vq = vq.eval()

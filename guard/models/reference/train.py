@@ -110,11 +110,13 @@ def train_vq(args) -> None:
 
     torch.manual_seed(args.seed)
     t0 = time.time()
-    imgs, _, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
+    imgs, _, _ = cached_dataset(args.workdir, 0, args.n_train, "train")
     test, _, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
     x_all, x_test = torch.from_numpy(imgs), to_float(test)
     log(f"vq: data {len(imgs)} train / {len(test)} held-out rendered in {time.time() - t0:.0f}s")
-    model = VQModel(VQConfig.fsq() if args.quantizer == "fsq" else VQConfig())
+    channels = tuple(int(c) for c in args.channels.split(","))
+    model = VQModel(VQConfig.fsq(tuple(int(v) for v in args.levels.split(",")), channels=channels)
+                    if args.quantizer == "fsq" else VQConfig(channels=channels))
     if args.init:
         state, own = load_file(str(args.init)), model.state_dict()
         keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -221,20 +223,37 @@ def _jpeg_ste(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return x + (y - x).detach()
 
 
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with a per-image sigma (pixels), 9x9 kernel, replicate padding."""
+    t = torch.arange(-4, 5, dtype=x.dtype)
+    k = torch.exp(-t[None, :] ** 2 / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, 9)
+    b, c, h, w = x.shape
+    y = F.pad(x, (4, 4, 4, 4), mode="replicate").reshape(1, b * c, h + 8, w + 8)
+    kh = k.repeat_interleave(c, 0)
+    y = F.conv2d(y, kh.view(b * c, 1, 1, 9), groups=b * c)
+    y = F.conv2d(y, kh.view(b * c, 1, 9, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
 def _robustness_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """What happens to a saved image, mildly: always 8-bit rounding; then per image one of clean (50%),
-    Gaussian noise, JPEG 60-95, a 3x3 blur, a brightness change."""
+    """What happens to a saved and shared image: always 8-bit rounding; then per image one of clean (40%),
+    Gaussian noise (sigma 0.005-0.08), JPEG (quality 25-95), Gaussian blur (sigma 0.3-1.5), brightness
+    (x0.6-1.6, clipped), a down-up resize (to 40-60 px and back, bilinear); the wmar recipe's attacks."""
     x = uint8_roundtrip(x)
     b = len(x)
     kind = torch.randint(0, 10, (b,), generator=gen)
-    noise = x + torch.randn(x.shape, generator=gen) * torch.empty(b, 1, 1, 1).uniform_(0.005, 0.03, generator=gen)
-    k = torch.tensor([1.0, 2.0, 1.0])
-    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
-    blur = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
-    bright = x * torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15, generator=gen)
-    jpeg = _jpeg_ste(x, torch.randint(60, 96, (b,), generator=gen))
+    u = lambda lo, hi: torch.empty(b, 1, 1, 1).uniform_(lo, hi, generator=gen)  # noqa: E731
+    noise = x + torch.randn(x.shape, generator=gen) * u(0.005, 0.08)
+    blur = _blur(x, u(0.3, 1.5).flatten())
+    bright = x * u(0.6, 1.6)
+    jpeg = _jpeg_ste(x, torch.randint(25, 96, (b,), generator=gen))
+    size = int(torch.randint(40, 61, (), generator=gen))
+    small = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
     pick = lambda lo, hi: ((kind >= lo) & (kind < hi)).view(b, 1, 1, 1).float()  # noqa: E731
-    out = x * pick(0, 5) + noise * pick(5, 6) + jpeg * pick(6, 8) + blur * pick(8, 9) + bright * pick(9, 10)
+    out = (x * pick(0, 4) + noise * pick(4, 5) + jpeg * pick(5, 7) + blur * pick(7, 8) + bright * pick(8, 9)
+           + resized * pick(9, 10))
     return uint8_roundtrip(out.clamp(0, 1))
 
 
@@ -276,6 +295,16 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
             swap = torch.rand(q_real[:, :1].shape, generator=gen) < args.sub_frac
             rand_q = torch.floor(torch.rand(q_real.shape, generator=gen) * lv)
             q_t = torch.where(swap, rand_q, q_real)
+            if args.nbr_frac:
+                # One-step neighbours: one channel moved by one level, as a hard-mode sampler denied the
+                # natural (red) code picks its green twin (DESIGN §8); the encoder must read it back.
+                nb = (torch.rand(q_t[:, :1].shape, generator=gen) < args.nbr_frac) & ~swap
+                ch = torch.randint(0, q_t.shape[1], nb.shape, generator=gen)
+                step_ = torch.where(torch.rand(nb.shape, generator=gen) < 0.5, -1.0, 1.0)
+                moved = q_t.gather(1, ch) + step_
+                top = lv.expand_as(q_t).gather(1, ch) - 1
+                moved = torch.where((moved < 0) | (moved > top), q_t.gather(1, ch) - step_, moved)
+                q_t = torch.where(nb & (torch.arange(q_t.shape[1]).view(1, -1, 1, 1) == ch), moved.expand_as(q_t), q_t)
             img = _robustness_augment(model.decoder(model.levels_to_latent(q_t)), gen)
             zb2 = model.bounded(img)
             idem = F.relu((zb2 - q_t).abs() - args.margin).pow(2).mean()
@@ -292,7 +321,8 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
                 f"in-use {(usage > 0.03).sum().item()} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.0f}s")
         _vq_checkpoint(args, model, x_test, step)
     _finish_vq(args, model, x_test, t0, {"crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight,
-                                         "margin": args.margin, "sub_frac": args.sub_frac})
+                                         "margin": args.margin, "sub_frac": args.sub_frac,
+                                         "nbr_frac": args.nbr_frac})
 
 
 # ---------------------------------------------------------------------------------------- classifier
@@ -314,13 +344,15 @@ def train_classifier(args) -> None:
 
     torch.manual_seed(args.seed)
     t0 = time.time()
-    imgs, labels, _ = cached_dataset(args.workdir, 0, args.n_train, "any")
+    # The GPT's training scenes (one rendering for every component); held-out triples and pairs are judged
+    # per quadrant from shape and colour alone, and the held-out evaluation below includes them.
+    imgs, labels, _ = cached_dataset(args.workdir, 0, args.n_train, "train")
     test, test_labels, _ = cached_dataset(args.workdir, HELDOUT_SEED_BASE, 1000, "any")
     vq = None
     vq_path = Path(args.out) / "vq.safetensors"
     if vq_path.exists():
         vq = load_trained_vq(Path(args.out))
-        log("classifier: half of the batches go through the VQ round trip")
+        log(f"classifier: one batch in {args.vq_every} goes through the VQ round trip")
     x_all, y_all = torch.from_numpy(imgs), torch.from_numpy(labels)
     model = SceneClassifier()
     if args.init:
@@ -333,7 +365,7 @@ def train_classifier(args) -> None:
             g["lr"] = lr_at(step, args.steps, args.lr)
         sel = torch.randint(0, len(x_all), (args.batch,), generator=gen)
         x = x_all[sel].permute(0, 3, 1, 2).float().div(255.0)
-        if vq is not None and step % 2 == 1:
+        if vq is not None and step % args.vq_every == args.vq_every - 1:
             x = vq.decode(vq.encode(x))
         x = _augment(x, gen)
         loss = model.loss(x, y_all[sel])
@@ -364,6 +396,7 @@ def eval_classifier(model, x: torch.Tensor, labels: torch.Tensor, vq=None) -> di
             "colour_acc": float((pred[..., 1] == labels[..., 1])[present].float().mean()),
             "size_acc": float((pred[..., 2] == labels[..., 2])[present].float().mean()),
             "empty_acc": float((pred[..., 0] == 0)[~present].float().mean()),
+            "background_acc": float((pred[:, 0, 3] == labels[:, 0, 3]).float().mean()),
             "scene_exact": float(((pred[..., 0] == labels[..., 0]) & ((pred[..., 1] == labels[..., 1]) | ~present)).all(1).float().mean()),
         }
     out = {"rendered": score(x)}
@@ -378,11 +411,19 @@ def make_tokens(args) -> None:
     from .vq import VQModel
 
     t0 = time.time()
-    imgs, _, prompts = cached_dataset(args.workdir, 0, args.n_train, "train")
+    imgs, labels, prompts = cached_dataset(args.workdir, 0, args.n_train, "train")
+    if args.n_encode:
+        imgs, labels, prompts = imgs[:args.n_encode], labels[:args.n_encode], prompts[:args.n_encode]
     vq = load_trained_vq(Path(args.out))
-    codes = torch.cat([vq.encode(to_float(imgs[i:i + 500])) for i in range(0, len(imgs), 500)])
+    parts = []
+    for i in range(0, len(imgs), 500):
+        parts.append(vq.encode(to_float(imgs[i:i + 500])))
+        if (i // 500) % 10 == 9:
+            log(f"tokens: {i + 500} of {len(imgs)} encoded, {time.time() - t0:.0f}s")
+    codes = torch.cat(parts)
     path = Path(args.workdir) / "gpt_tokens.npz"
-    np.savez(path, codes=codes.numpy().astype(np.int16), prompts=np.array(prompts))
+    # Codes, prompts and labels: all the GPT needs (a GPU machine trains from this one ~35 MB file).
+    np.savez(path, codes=codes.numpy().astype(np.int16), prompts=np.array(prompts), labels=labels.astype(np.int8))
     # Codes the tokenizer really emits on the data (the stratified green lists split alive/dead codes).
     alive = torch.zeros(vq.cfg.codebook_size, dtype=torch.bool)
     alive[codes.flatten()] = True
@@ -399,7 +440,7 @@ def object_token_weights(labels: np.ndarray, weight: float) -> torch.Tensor:
     centre jitter and one token of margin around the quadrant's nominal centre. The background textures
     are unpredictable from the prompt and dominate the plain loss; this puts the gradient on the objects.
     """
-    from .shapes import CENTRES, POSITIONS, RADII, SIZES
+    from .shapes import CENTRES, JITTER, POSITIONS, RADII, SIZES
 
     grid = 16
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) * (64 / grid)
@@ -408,7 +449,7 @@ def object_token_weights(labels: np.ndarray, weight: float) -> torch.Tensor:
     for q, pos in enumerate(POSITIONS):
         cx, cy = CENTRES[pos]
         for s, size in enumerate(SIZES):
-            r = RADII[size] + 2.5 * 2 ** 0.5 + 4.0
+            r = RADII[size] + JITTER * 2 ** 0.5 + 4.0
             masks[q, s] = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
     lab = torch.from_numpy(np.asarray(labels)).long()  # (N, 4, 3)
     present = lab[..., 0] > 0
@@ -440,56 +481,142 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {k: torch.stack([s[k].float() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
 
 
+def transfer_gpt_state(model, old: dict[str, torch.Tensor], old_words: tuple[str, ...], old_text_len: int) -> list[str]:
+    """Start a GPT from one trained on another world or tokenizer: copy what still means the same.
+
+    Transformer blocks, final norm and begin-of-image slot are copied as they are; text embeddings row by
+    row for the words both vocabularies share; position embeddings segment by segment (text positions
+    that exist in both, then the image positions). Image-code embeddings and the output head (another
+    codebook) stay freshly initialised. Returns the names of the tensors copied in full or in part.
+    """
+    from .gpt import TEXT_VOCAB
+
+    own = model.state_dict()
+    done = []
+    with torch.no_grad():
+        for k, v in old.items():
+            if k.startswith(("blocks.", "ln_f.", "boi")) and k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+                done.append(k)
+        if "text_emb.weight" in old:
+            index = {w: i for i, w in enumerate(old_words)}
+            for i, w in enumerate(TEXT_VOCAB):
+                if w in index:
+                    own["text_emb.weight"][i].copy_(old["text_emb.weight"][index[w]])
+            done.append("text_emb.weight (shared words)")
+        if "pos" in old:
+            n_text = min(old_text_len, model.cfg.text_len)
+            own["pos"][:, :n_text].copy_(old["pos"][:, :n_text])
+            own["pos"][:, model.cfg.text_len:].copy_(old["pos"][:, old_text_len:])
+            done.append("pos (text and image segments)")
+    model.load_state_dict(own)
+    return done
+
+
+def _gpt_precision(args, device: torch.device) -> str:
+    """bf16 autocast where the hardware has it (CUDA); fp32 elsewhere (AVX2-only CPUs emulate bf16, ~30x slower)."""
+    if args.precision != "auto":
+        return args.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def save_gpt_checkpoint(path: Path, model, opt, step: int, gen: torch.Generator, kept: list) -> None:
+    """Everything a run needs to go on exactly where it stopped: weights, optimizer, step, batch RNG, averaging window."""
+    tmp = Path(str(path) + ".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": gen.get_state(),
+                "kept": kept, "cfg": model.cfg.to_dict()}, tmp)
+    tmp.replace(path)
+
+
+def _follow_thread_file(path: Path) -> None:
+    """Long CPU runs share the machine: `echo 2 > <workdir>/threads` changes the intra-op threads mid-run."""
+    try:
+        n = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if n >= 1 and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+        log(f"gpt: now {n} threads ({path})")
+
+
 def train_gpt(args) -> None:
     from .gpt import GPTConfig, ShapesGPT, null_prompt, tokenize_prompts
 
     if args.multi_object_frac is not None and not 0.0 <= args.multi_object_frac <= 1.0:
         raise SystemExit(f"--multi-object-frac must be in [0, 1], got {args.multi_object_frac}")
     average_at = set(averaged_steps(args.steps, args.ckpt_every, args.average_last)) if args.average_last is not None else set()
+    device = torch.device(args.device)
+    precision = _gpt_precision(args, device)
     torch.manual_seed(args.seed)
     t0 = time.time()
     d = np.load(Path(args.workdir) / "gpt_tokens.npz")
     codes = torch.from_numpy(d["codes"].astype(np.int64)).flatten(1)
     text = tokenize_prompts([str(p) for p in d["prompts"]])
-    log(f"gpt: {len(codes)} sequences")
+    log(f"gpt: {len(codes)} sequences, {device}, {precision}")
     weights = None
     multi = None
     if args.object_weight != 1.0 or args.multi_object_frac is not None:
-        _, labels, _ = cached_dataset(args.workdir, 0, len(codes), "train")
+        labels = d["labels"].astype(np.int64) if "labels" in d else cached_dataset(args.workdir, 0, len(codes), "train")[1]
         if args.object_weight != 1.0:
-            weights = object_token_weights(labels, args.object_weight)
+            weights = object_token_weights(labels, args.object_weight).to(device)
             log(f"gpt: object tokens weighted x{args.object_weight} ({float((weights > 1).float().mean()):.3f} of tokens)")
         if args.multi_object_frac is not None:
             is_multi = torch.from_numpy((np.asarray(labels)[..., 0] > 0).sum(1) > 1)
             multi = (torch.nonzero(is_multi).flatten(), torch.nonzero(~is_multi).flatten())
-            log(f"gpt: batches {args.multi_object_frac:.2f} two-object scenes "
+            log(f"gpt: batches {args.multi_object_frac:.2f} multi-object scenes "
                 f"(data: {float(is_multi.float().mean()):.2f})")
+    codes, text = codes.to(device), text.to(device)
     vq_cfg = vq_config_from_card(Path(args.out))
-    model = ShapesGPT(GPTConfig(vocab_size=vq_cfg.codebook_size,
-                                code_levels=vq_cfg.levels if vq_cfg.quantizer == "fsq" else ()))
+    cfg = GPTConfig(vocab_size=vq_cfg.codebook_size, code_levels=vq_cfg.levels if vq_cfg.quantizer == "fsq" else (),
+                    **({"d_model": args.d_model} if args.d_model else {}),
+                    **({"n_layer": args.n_layer} if args.n_layer else {}),
+                    **({"n_head": args.n_head} if args.n_head else {}))
+    model = ShapesGPT(cfg)
     if args.init:
         model.load_state_dict(load_file(str(args.init)))
         log(f"gpt: initialised from {args.init}")
+    if args.transfer_from:
+        old_card = json.loads((Path(args.transfer_from) / "card.json").read_text())["components"]["gpt"]["config"]
+        old_words = tuple(args.transfer_words.split(",")) if args.transfer_words else ()
+        if old_words and len(old_words) != old_card["text_vocab"]:
+            raise SystemExit(f"--transfer-words lists {len(old_words)} words, the old GPT has {old_card['text_vocab']}")
+        copied = transfer_gpt_state(model, load_file(str(Path(args.transfer_from) / "gpt.safetensors")), old_words,
+                                    old_card["text_len"])
+        log(f"gpt: transferred {len(copied)} tensors from {args.transfer_from}")
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
     kept: list[dict[str, torch.Tensor]] = []
-    for step in range(args.steps):
+    first = 0
+    ckpt_path = Path(args.workdir) / "gpt.resume.pt"
+    if args.resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["cfg"] != model.cfg.to_dict():
+            raise SystemExit(f"--resume: {ckpt_path} holds another GPT config ({state['cfg']})")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["rng"])
+        kept, first = state["kept"], state["step"]
+        log(f"gpt: resumed from {ckpt_path} at step {first}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    loss = torch.zeros(())
+    for step in range(first, args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
         sel = batch_indices(gen, args.batch, len(codes), multi, args.multi_object_frac)
-        c, t = codes[sel], text[sel].clone()
-        drop = torch.rand(args.batch, generator=gen) < 0.1
-        t[drop] = null_prompt(int(drop.sum()))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        c, t = codes[sel.to(device)], text[sel.to(device)].clone()
+        drop = (torch.rand(args.batch, generator=gen) < 0.1).to(device)
+        t[drop] = null_prompt(int(drop.sum())).to(device)
+        with autocast:
             logits = model(t, c)
         per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), c.reshape(-1), reduction="none")
         if weights is None:
             loss = per_token.mean()
         else:
-            w = weights[sel].reshape(-1)
+            w = weights[sel.to(device)].reshape(-1)
             loss = (per_token * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -498,19 +625,25 @@ def train_gpt(args) -> None:
         if step % args.log_every == 0 or step == args.steps - 1:
             log(f"gpt step {step}/{args.steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{time.time() - t0:.0f}s")
-        if (step + 1) % args.ckpt_every == 0:
-            save_file(model.state_dict(), str(Path(args.workdir) / "gpt.ckpt.safetensors"))
-            save_file(model.state_dict(), str(Path(args.workdir) / f"gpt.step{step + 1}.safetensors"))
+            _follow_thread_file(Path(args.workdir) / "threads")
         if step + 1 in average_at:
-            kept.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            kept.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            cpu_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(cpu_state, str(Path(args.workdir) / f"gpt.step{step + 1}.safetensors"))
+            save_gpt_checkpoint(ckpt_path, model, opt, step + 1, gen, kept)
+        if args.stop_after and step + 1 >= args.stop_after:
+            log(f"gpt: stopped after step {step + 1} (--stop-after); go on with --resume")
+            return
     if kept:
         log(f"gpt: shipping the average of the checkpoints at steps {sorted(average_at)}")
-    save_file(average_states(kept) if kept else model.state_dict(), str(Path(args.out) / "gpt.safetensors"))
+    final = average_states(kept) if kept else {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(final, str(Path(args.out) / "gpt.safetensors"))
     update_card(Path(args.out), "gpt", {
         "command": " ".join(["python -m guard.models.reference.train"] + sys.argv[1:]),
         "seed": args.seed, "config": model.cfg.to_dict(), "steps": args.steps, "batch": args.batch,
-        "n_train": len(codes), "final_train_loss": round(loss.item(), 4), "precision": "bf16 autocast",
-        "object_weight": args.object_weight, "multi_object_frac": args.multi_object_frac,
+        "n_train": len(codes), "final_train_loss": round(loss.item(), 4), "precision": precision,
+        "device": str(device), "object_weight": args.object_weight, "multi_object_frac": args.multi_object_frac,
         **({"weights": f"average of the checkpoints at steps {sorted(average_at)}"} if kept else {}),
         "wall_time_s": round(time.time() - t0, 1),
     })
@@ -539,11 +672,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=32, help="fsq: train on token-aligned random crops of this size (0 = full)")
     p.add_argument("--margin", type=float, default=0.15, help="fsq: idempotence margin in levels")
     p.add_argument("--sub-frac", type=float, default=0.3, help="fsq: share of random codes in idempotence targets")
+    p.add_argument("--nbr-frac", type=float, default=0.3,
+                   help="fsq: share of one-step neighbour codes (one channel +-1 level) in idempotence targets")
+    p.add_argument("--levels", default="4,4,4,4,4,4", help="fsq: levels per latent channel (product = codebook size)")
+    p.add_argument("--channels", default="48,96,192", help="VQ encoder/decoder widths at 64, 32 and 16 px")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps, the LR schedule still spanning --steps")
     p.add_argument("--idem-weight", type=float, default=None)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
+    # classifier
+    p.add_argument("--n-encode", type=int, default=None,
+                   help="tokens: encode only the first N of the --n-train training scenes (a shorter GPT run)")
+    p.add_argument("--vq-every", type=int, default=2,
+                   help="classifier: every N-th batch goes through the shipped VQ's round trip (reads decoded images)")
     # GPT
     p.add_argument("--multi-object-frac", type=float, default=None,
                    help="gpt: fraction of each batch drawn from two-object scenes (default: as in the data, 0.4); "
@@ -551,14 +693,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average-last", type=int, default=None,
                    help="gpt: ship the uniform average of the last N checkpoints (every --ckpt-every steps, the final "
                         "one included) instead of the final weights")
+    p.add_argument("--device", default="cpu", help="gpt: torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="gpt: autocast precision; auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--resume", action="store_true",
+                   help="gpt: go on from <workdir>/gpt.resume.pt (weights, optimizer, step, batch RNG)")
+    p.add_argument("--transfer-from", type=Path, default=None,
+                   help="gpt: folder (gpt.safetensors + card.json) of a GPT trained on another world/tokenizer; its "
+                        "blocks, shared-word text embeddings and positions start this one (transfer_gpt_state)")
+    p.add_argument("--transfer-words", default=None,
+                   help="gpt: the old GPT's text vocabulary, comma-separated, in its order (for --transfer-from)")
+    p.add_argument("--d-model", type=int, default=None, help="gpt: width (default GPTConfig)")
+    p.add_argument("--n-layer", type=int, default=None, help="gpt: depth (default GPTConfig)")
+    p.add_argument("--n-head", type=int, default=None, help="gpt: attention heads (default GPTConfig)")
     p.add_argument("--object-weight", type=float, default=1.0,
                    help="gpt: loss weight on the tokens around the objects (1 = plain cross-entropy)")
     return p
 
 
 DEFAULTS = {
-    "vq": {"steps": 2400, "batch": 32, "lr": 2e-3, "n_train": 40000},
-    "classifier": {"steps": 1000, "batch": 64, "lr": 2e-3, "n_train": 40000},
+    "vq": {"steps": 2400, "batch": 32, "lr": 2e-3, "n_train": 60000},
+    "classifier": {"steps": 1500, "batch": 64, "lr": 2e-3, "n_train": 60000},
     "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
 }
