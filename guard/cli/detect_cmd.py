@@ -358,7 +358,8 @@ def image(
         from ..detect.heatmap import heatmap as make_heatmap
         from ..detect.scan import open_output
 
-        refuse_clobber("--heatmap", heatmap, inputs=paths, protected=[*_protected(opts), ("--out", opts.out)])
+        refuse_clobber("--heatmap", heatmap, inputs=paths,
+                       protected=[*_protected(opts), ("the --out file", opts.out)])
         refuse_clobber("--out", opts.out, inputs=paths, protected=_protected(opts))
         _, det = _detector(opts)
         with contextlib.ExitStack() as stack:

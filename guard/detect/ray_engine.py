@@ -428,13 +428,13 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
     if resume:
         store.clean_temp()
         shard_done = {resolve_path(p, state.base) for p in store.done_paths()}
-        if shard_done - state.done:
-            info(f"resume: {len(shard_done - state.done)} rows committed in {store.directory} but not yet merged")
+        if shard_done - state.resolved:
+            info(f"resume: {len(shard_done - state.resolved)} rows committed in {store.directory} but not yet merged")
     else:
         shard_done = set()
         if store.clear():
             info(f"fresh scan: removed the old shards in {store.directory}")
-    done = state.done | shard_done
+    done = state.resolved | shard_done
 
     ordered, positions, reals = [], {}, set()
     n_same = 0
@@ -531,7 +531,7 @@ def _run_pipeline(todo: list[str], positions: dict[str, int], spec: DetectorSpec
 def _merge(store: ShardStore, out, stream, fmt: str, resume: bool, state: ResumeState,
            summary: ScanSummary) -> None:
     """Write the committed shards' rows not yet in the output, once per path, in shard (input) order."""
-    seen = set(state.done)
+    seen = set(state.resolved)
     summary.n_rows, summary.n_watermarked, summary.n_errors = state.n_rows, state.n_watermarked, state.n_errors
 
     def rows() -> Iterator[DetectionRecord]:

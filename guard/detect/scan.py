@@ -28,7 +28,8 @@ Guarantees:
   trust anchors, format) are written beside it (`<out>.settings.json`, with the working directory
   relative paths are relative to).
 * **Resume.** `read_resume_state` drops a partial last record (a crash mid-write; for CSV it cuts at
-  a record boundary, outside quotes), returns the real paths already done, and the scan skips them:
+  a record boundary, outside quotes), returns the paths already done and their real paths (`resolved`),
+  and the scan skips those real paths:
   interrupted + resumed = one uninterrupted scan, without duplicate rows. Resuming with other settings
   is refused (`check_resume`), from the settings file and from the rows themselves.
 * **Exit codes** (`ScanSummary.exit_code`, over every row of the output incl. resumed ones):
@@ -244,7 +245,8 @@ class ResumeState:
     """What an existing output already holds.
 
     Attributes:
-        done: real paths with a row already (`resolve_path` of each row's path against `base`).
+        done: the paths with a row already, as the rows hold them.
+        resolved: their real paths (`resolve_path` of each row's path against `base`): what a scan skips.
         n_rows, n_watermarked, n_errors: counts over those rows.
         has_header: the file already starts with a CSV header.
         dropped_bytes: bytes of a partial last record removed (a crash mid-write).
@@ -254,6 +256,7 @@ class ResumeState:
     """
 
     done: set[str] = field(default_factory=set)
+    resolved: set[str] = field(default_factory=set)
     n_rows: int = 0
     n_watermarked: int = 0
     n_errors: int = 0
@@ -344,7 +347,8 @@ def read_resume_state(path: str | os.PathLike, fmt: str, *, base: str | None = N
     for row in rows:
         p = row.get("path")
         if p not in (None, ""):
-            state.done.add(resolve_path(str(p), base))
+            state.done.add(str(p))
+            state.resolved.add(resolve_path(str(p), base))
         state.n_rows += 1
         state.n_watermarked += _truthy(row.get("watermarked"))
         state.n_errors += bool(row.get("error"))
@@ -612,7 +616,7 @@ class ScanSummary:
 
 def plan_paths(paths: Iterable, resume: ResumeState | None = None) -> tuple[list[str], list[str], int, int]:
     """(paths to scan, their real paths, paths skipped as done, paths dropped as naming a file already listed)."""
-    done = resume.done if resume is not None else set()
+    done = resume.resolved if resume is not None else set()
     todo, reals, seen, skipped, same = [], [], set(), 0, 0
     for p in paths:
         key = os.fspath(p)
@@ -640,7 +644,7 @@ def scan(detector: Detector, paths: Iterable, writer: _Writer, *, workers: int =
             under the first.
         writer: from `open_writer`.
         workers: decoding threads.
-        resume: skip the paths whose real path is in `resume.done` and count its rows in the summary.
+        resume: skip the paths whose real path is in `resume.resolved` and count its rows in the summary.
         should_stop: polled after each batch; True ends the scan cleanly (rows written stay complete).
         on_batch: called with the number of paths finished (progress).
     """
