@@ -7,7 +7,7 @@
 #                echo /.gpu_carry/ >> .git/info/exclude
 # Device call:   run(command="bash bench/gpu_train_reference_gpt.sh", carry=[".gpu_carry"], timeout_s=560)
 # Back here:     the files under $OUT: gpt.safetensors (the shipped candidate), gpt.stepN.safetensors (the
-#                checkpoints averaged or chosen on validation prompts), card_gpt.json, train.log.
+#                checkpoints averaged or chosen on validation prompts), card.json (its gpt section), train.log.
 #
 # STEPS / BATCH / LR / CKPT / AVG / DEVICE can be set in the environment. Size STEPS to the call's timeout_s
 # (the step time on an H100 is not measured yet: run a short STEPS=200 first if the device time allows).
