@@ -48,7 +48,8 @@ def test_direction_is_eta_times_concept_minus_uncond(gen):
 def test_both_layouts_give_the_same_guided_logits(gen):
     codes = gen.generate(PROMPTS, n=1, seed=6).flatten(1)
     b_layout, two_b = ConceptSteering(gen, {"a circle": 3.0}), ConceptSteering(gen, {"a circle": 3.0})
-    cond, uncond = torch.randn(2, 1024), torch.randn(2, 1024)
+    v = gen.tokenizer.vocab_size
+    cond, uncond = torch.randn(2, v), torch.randn(2, v)
     for t in range(3):
         guided_first = b_layout(codes[:, :t], uncond + 3.0 * (cond - uncond))
         rows = two_b(codes[:, :t], torch.cat([cond, uncond]))
