@@ -47,7 +47,8 @@ CAPABILITIES: dict[str, str] = {
 """Capability name -> what it is, in the words of the error a missing one raises."""
 
 _BUILTIN: dict[str, str] = {"reference": "guard.models.reference.kind", "janus": "guard.models.janus",
-                            "emu3": "guard.models.emu3"}
+                            "emu3": "guard.models.emu3",
+                            "var": "guard.models.var"}
 """Built-in kinds and the module whose `KIND` declares each (imported on first use)."""
 
 
