@@ -326,6 +326,27 @@ class VectorQuantizer2(nn.Module):
             out.append(f_hat.clone() if with_fhat else idx.view(b, pn * pn))
         return out
 
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass (VAR's VQ training): f (B, Cvae, H, W) -> (f̂ with a straight-through gradient to f,
+        VQ loss = mean over scales of β·‖f̂.detach − f‖² + ‖f̂ − f.detach‖²)."""
+        b, c, H, W = f.shape
+        pns, n = self.v_patch_nums, len(self.v_patch_nums)
+        f = f.float()
+        target = f.detach()
+        rest, f_hat, loss = target.clone(), torch.zeros_like(target), f.new_zeros(())
+        for si, pn in enumerate(pns):
+            z = rest if si == n - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
+            with torch.no_grad():
+                idx = self._nearest(z.permute(0, 2, 3, 1).reshape(-1, c))
+            h = self.embedding(idx.view(b, pn, pn)).permute(0, 3, 1, 2)
+            if si != n - 1:
+                h = F.interpolate(h, size=(H, W), mode="bicubic")
+            h = self._phi(si, n)(h.contiguous())
+            f_hat = f_hat + h
+            rest = rest - h.detach()
+            loss = loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, target)
+        return (f_hat.detach() - target) + f, loss / n
+
     def idx_to_fhat(self, ms_idx: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-scale code maps (B, pn²) -> f̂ (B, Cvae, H, W): Σ_k Φ_k(upsample(embedding(idx_k))) (VAR's
         `embed_to_fhat(all_to_max_scale=True, last_one=True)`, which the sampling loop also accumulates)."""
@@ -340,6 +361,19 @@ class VectorQuantizer2(nn.Module):
             h = self._phi(si, n)(h)
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
+
+    def idx_to_var_input(self, ms_idx: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forcing input of VAR training (`idxBl_to_var_input`): per-scale codes -> f̂ after each scale
+        but the last, area-downsampled to the next scale, concatenated: float (B, L − first_l, Cvae)."""
+        pns, n = self.v_patch_nums, len(self.v_patch_nums)
+        H, b = pns[-1], ms_idx[0].shape[0]
+        f_hat = torch.zeros(b, self.Cvae, H, H, device=ms_idx[0].device)
+        out = []
+        for si in range(n - 1):
+            h = self.embedding(ms_idx[si]).transpose(1, 2).reshape(b, self.Cvae, pns[si], pns[si])
+            f_hat = f_hat + self._phi(si, n)(F.interpolate(h, size=(H, H), mode="bicubic"))
+            out.append(F.interpolate(f_hat, size=(pns[si + 1], pns[si + 1]), mode="area").flatten(2).transpose(1, 2))
+        return torch.cat(out, 1)
 
     def next_input(self, si: int, f_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of VAR's loop (`get_next_autoregressive_input`): add scale si's map h (B, Cvae, pn, pn) to
@@ -385,6 +419,11 @@ class VQVAE(nn.Module):
                                          quant_resi=quant_resi, share_quant_resi=share_quant_resi)
         self.quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, quant_conv_ks // 2)
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, quant_conv_ks // 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: images in [-1, 1] -> (reconstruction, VQ loss)."""
+        f_hat, vq_loss = self.quantize(self.quant_conv(self.encoder(x)))
+        return self.decoder(self.post_quant_conv(f_hat)), vq_loss
 
     def img_to_idxBl(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images in [-1, 1] (B, 3, S, S) -> per-scale codes long (B, pn²)."""
@@ -622,13 +661,14 @@ class VARTokenizer:
         vq: a `VQVAE` (kept in float32).
         digest: SHA-256 of its weights.
         detect_scales: which scales `encode` returns for detection — 'all' (default), 'last', 'lastN' or
-            scale indices ('7,8,9'). With anything but 'all' the tokenizer is a detection view: `encode`
-            returns (B, 1, n) with n = Σ pn² over those scales, `decode` refuses, and the `id` names the scales
-            (a key is bound to the id, so embedding and detection agree on what is counted).
+            scale indices ('7,8,9'); in a spec: `var:PATH@last3`. With anything but 'all' the tokenizer is a
+            detection view: `encode` returns (B, 1, n) with n = Σ pn² over those scales and `decode` refuses.
         batch_size: images per encoder/decoder call.
 
-    The exact test needs no assumption about which scales carry the mark: the green set is independent of
-    the image whichever codes are counted. The choice only moves power.
+    The `id` hashes the VQ weights and the scales (patch_nums), not `detect_scales`: every view re-quantises
+    with the same VQ and the same green lists, so a key made for `var:PATH` detects through any view. The
+    exact test needs no assumption about which scales carry the mark (the green set is independent of the
+    image whichever codes are counted); the choice only moves power.
     """
 
     def __init__(self, vq: VQVAE, *, digest: str, detect_scales: str | Sequence[int] = DETECT_SCALES,
@@ -647,8 +687,7 @@ class VARTokenizer:
         self._image_size = self.scales[-1] * vq.downsample
         self.digest = digest
         geo = hashlib.sha256(f"{digest}|{','.join(map(str, self.scales))}".encode()).hexdigest()
-        tag = "" if self.full else "-s" + ".".join(map(str, self.detect_scales))
-        self._id = f"var-vq-{vq.vocab_size}@{geo[:12]}{tag}"
+        self._id = f"var-vq-{vq.vocab_size}@{geo[:12]}"
 
     def __repr__(self) -> str:
         return f"VARTokenizer(id={self._id!r}, scales={self.scales}, detect_scales={self.detect_scales})"
@@ -1035,9 +1074,20 @@ def save_var_checkpoint(folder: str | os.PathLike, vq: VQVAE, var: VAR | None = 
     return out
 
 
+def _split_scales(path: str) -> tuple[str, str]:
+    """'DIR@last3' -> ('DIR', 'last3'); 'DIR' -> ('DIR', DETECT_SCALES). Only a trailing '@' + a scale spec counts."""
+    head, sep, tail = path.rpartition("@")
+    if sep and re.fullmatch(r"all|last\d*|[\d,]+", tail.strip().lower()):
+        return head, tail.strip()
+    return path, DETECT_SCALES
+
+
 KIND = ModelKind(
-    name="var", spec="var:PATH",
-    load=lambda path, spec: load_var(path, spec=spec),
-    load_tokenizer=lambda path, spec: load_var_tokenizer(path, spec=spec),
+    name="var", spec="var:PATH[@SCALES]",
+    load=lambda path, spec: load_var(_split_scales(path)[0], spec=spec),
+    load_tokenizer=lambda path, spec: load_var_tokenizer(_split_scales(path)[0], spec=spec,
+                                                         detect_scales=_split_scales(path)[1]),
     owns=lambda generator: isinstance(generator, VARGenerator))
-"""The `var` model kind: generator and tokenizer (class-conditional; no prompts, judge or EAR of its own)."""
+"""The `var` model kind: generator and tokenizer (class-conditional; no prompts, judge or EAR of its own).
+`@SCALES` ('all', 'last', 'lastN', '7,8,9') picks the scales detection counts; generation always uses the
+whole pyramid."""
