@@ -122,6 +122,13 @@ def train_vq(args) -> None:
         keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(keep, strict=False)
         log(f"vq: initialised {len(keep)}/{len(own)} tensors from {args.init} (shape mismatches re-initialised)")
+    if args.freeze_encoder:
+        if not (args.init and model.is_fsq):
+            raise SystemExit("--freeze-encoder fine-tunes the decoder of a trained FSQ VQ: give --init and --quantizer fsq")
+        # The encoder (and so every code of every scene, and the GPT's training tokens) stays exactly as it
+        # is; the decoder learns sharper pictures and pictures the frozen encoder reads back after saving.
+        model.encoder.requires_grad_(False)
+        log("vq: encoder frozen (decoder fine-tuning; codes of every image unchanged)")
     if model.is_fsq:
         return _train_vq_fsq(args, model, x_all, x_test, t0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
@@ -268,7 +275,7 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
     every channel (squared hinge). Real encodings get the same margin so small pixel changes do not
     flip them. The codebook is the fixed FSQ grid: nothing can collapse onto a few codes.
     """
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=args.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     idem_start = int(args.steps * (1 - args.idem_frac))
     last = min(args.steps, args.stop_after or args.steps)
@@ -322,7 +329,7 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
         _vq_checkpoint(args, model, x_test, step)
     _finish_vq(args, model, x_test, t0, {"crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight,
                                          "margin": args.margin, "sub_frac": args.sub_frac,
-                                         "nbr_frac": args.nbr_frac})
+                                         "nbr_frac": args.nbr_frac, "freeze_encoder": args.freeze_encoder})
 
 
 # ---------------------------------------------------------------------------------------- classifier
@@ -678,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", default="48,96,192", help="VQ encoder/decoder widths at 64, 32 and 16 px")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps, the LR schedule still spanning --steps")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="fsq: fine-tune only the decoder of --init (codes of every image, and so the GPT's tokens, "
+                        "stay the same)")
     p.add_argument("--idem-weight", type=float, default=None)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
