@@ -33,8 +33,8 @@ from typing import Any
 from ._files import temp_beside
 from .errors import ConfigError, KeyFileError
 
-__all__ = ["SCHEME", "MAX_LISTS", "MIN_CODES_PER_SIDE", "WatermarkKey", "default_key_path", "load_or_create_default",
-           "resolve_key", "resolve_keys"]
+__all__ = ["SCHEME", "MAX_LISTS", "MIN_CODES_PER_SIDE", "Geometry", "WatermarkKey", "check_tokenizer_protocol",
+           "default_key_path", "load_or_create_default", "resolve_key", "resolve_keys"]
 
 SCHEME = "lbw-v1"
 SECRET_BYTES = 32
@@ -43,6 +43,80 @@ MIN_CODES_PER_SIDE = 16          # green codes, and red codes, each list must ha
 _KEY_ID_PREFIX = b"guard-key-id"
 _MAC_PREFIX = b"guard/key-mac/v1/"
 _META_FIELDS = ("created", "gamma", "key_id", "n_lists", "scheme", "tokenizer_id", "vocab_size")
+
+
+_REQUIRED = ("id", "vocab_size", "grid", "image_size", "encode", "decode")
+_KEY_NEEDS = ("id", "vocab_size", "grid", "image_size")
+
+
+def check_tokenizer_protocol(tokenizer: Any, need: tuple[str, ...] = _REQUIRED) -> None:
+    """Raise ConfigError (one line) unless `tokenizer` has the attributes `need` of guard's `Tokenizer` protocol.
+
+    The protocol requires `id`, `vocab_size`, `grid`, `image_size`, `encode`, `decode`; `alive` (None when
+    absent: plain green lists), `embeddings` (post-hoc marking only) and `scales` (multi-scale tokenizers)
+    are optional. Keys need only the first four (what they bind).
+    """
+    missing = [a for a in need if not hasattr(tokenizer, a)]
+    if missing:
+        raise ConfigError(f"{type(tokenizer).__name__} is not a guard Tokenizer: it lacks {', '.join(missing)} "
+                          f"(needed: {', '.join(_REQUIRED)}; optional: alive, embeddings, scales; see "
+                          f"guard.models.Tokenizer)")
+    for a in ("encode", "decode"):
+        if a in need and not callable(getattr(tokenizer, a)):
+            raise ConfigError(f"{type(tokenizer).__name__}.{a} must be a method, got {type(getattr(tokenizer, a)).__name__}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a tokenizer reads and writes, bound into a key: codes from other geometries are not comparable.
+
+    Attributes:
+        image_size: pixels per side the tokenizer encodes. grid: (h, w) tokens of one image.
+        vocab_size: codebook size. scales: token-map sides per scale for multi-scale tokenizers (VAR), else None.
+    """
+
+    image_size: int
+    grid: tuple[int, int]
+    vocab_size: int
+    scales: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> "Geometry":
+        """The geometry of a tokenizer (ConfigError naming what a duck-typed one lacks)."""
+        check_tokenizer_protocol(tokenizer, _KEY_NEEDS)
+        try:
+            grid = tuple(int(g) for g in tokenizer.grid)
+            scales = getattr(tokenizer, "scales", None)
+            geo = cls(image_size=int(tokenizer.image_size), grid=grid, vocab_size=int(tokenizer.vocab_size),
+                      scales=None if scales is None else tuple(int(v) for v in scales))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{type(tokenizer).__name__}: image_size, grid (h, w), vocab_size and scales must be "
+                              f"integers ({e})") from None
+        if len(geo.grid) != 2:
+            raise ConfigError(f"{type(tokenizer).__name__}.grid must be (h, w), got {tokenizer.grid!r}")
+        return geo
+
+    def to_json(self) -> dict:
+        d = {"image_size": self.image_size, "grid": list(self.grid), "vocab_size": self.vocab_size}
+        if self.scales is not None:
+            d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Geometry":
+        if not isinstance(d, dict):
+            raise ConfigError(f"geometry must be a JSON object, got {type(d).__name__}")
+        try:
+            return cls(image_size=int(d["image_size"]), grid=tuple(int(g) for g in d["grid"]),
+                       vocab_size=int(d["vocab_size"]),
+                       scales=None if d.get("scales") is None else tuple(int(v) for v in d["scales"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"geometry is malformed ({type(e).__name__}: {e})") from None
+
+    def __str__(self) -> str:
+        h, w = self.grid
+        s = f"{self.image_size} px, grid {h}x{w}, {self.vocab_size} codes"
+        return s + (f", scales {'/'.join(map(str, self.scales))}" if self.scales else "")
 
 
 def _key_id(secret: bytes) -> str:
@@ -97,6 +171,8 @@ class WatermarkKey:
         vocab_size: that tokenizer's vocabulary size.
         scheme: derivation version ("lbw-v1").
         created: creation time, ISO 8601 UTC.
+        geometry: the tokenizer's `Geometry` (image size, grid, codebook, scales); None for keys made before
+            guard bound it (their geometry is not checked).
 
     Build keys with `create()` or `load()`; the constructor alone gives a key without a secret.
     """
@@ -108,6 +184,7 @@ class WatermarkKey:
     vocab_size: int
     scheme: str = SCHEME
     created: str = ""
+    geometry: Geometry | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.gamma, (int, float)) and not isinstance(self.gamma, bool) and 0 < self.gamma < 1):
@@ -120,18 +197,22 @@ class WatermarkKey:
             raise ConfigError(f"tokenizer_id must be a non-empty string, got {self.tokenizer_id!r}")
         if self.scheme != SCHEME:
             raise ConfigError(f"scheme must be {SCHEME!r}, got {self.scheme!r}")
+        if self.geometry is not None and not isinstance(self.geometry, Geometry):
+            raise ConfigError(f"geometry must be a Geometry or None, got {type(self.geometry).__name__}")
+        if self.geometry is not None and self.geometry.vocab_size != self.vocab_size:
+            raise ConfigError(f"geometry has {self.geometry.vocab_size} codes but vocab_size is {self.vocab_size}")
         object.__setattr__(self, "gamma", float(self.gamma))
         object.__setattr__(self, "_secret", None)
 
     # ------------------------------------------------------------------------------------ building
     @classmethod
     def _from_secret(cls, secret: bytes, *, gamma: float, n_lists: int, tokenizer_id: str, vocab_size: int,
-                     created: str | None = None) -> "WatermarkKey":
+                     created: str | None = None, geometry: Geometry | None = None) -> "WatermarkKey":
         """Build a key around a given secret (tests and reproducible benchmarks; use `create()` otherwise)."""
         if not isinstance(secret, (bytes, bytearray)) or len(secret) != SECRET_BYTES:
             raise ConfigError(f"secret must be {SECRET_BYTES} bytes")
         key = cls(key_id=_key_id(bytes(secret)), gamma=gamma, n_lists=n_lists, tokenizer_id=tokenizer_id,
-                  vocab_size=vocab_size, created=created if created is not None else _now())
+                  vocab_size=vocab_size, created=created if created is not None else _now(), geometry=geometry)
         object.__setattr__(key, "_secret", bytes(secret))
         return key
 
@@ -140,7 +221,7 @@ class WatermarkKey:
         """A fresh key for `tokenizer` with a 32-byte secret from `secrets`.
 
         Args:
-            tokenizer: a `guard.models.Tokenizer` (its `id` and `vocab_size` are bound into the key).
+            tokenizer: a `guard.models.Tokenizer` (its `id`, `vocab_size` and `Geometry` are bound into the key).
             gamma: green-list fraction, 0 < gamma < 1 (default 0.25), such that each list has at least
                 `MIN_CODES_PER_SIDE` green and red codes among the tokenizer's codes in use (`alive`).
             n_lists: number of green lists K, 1 <= K <= `MAX_LISTS` (default 8); each image draws one.
@@ -148,8 +229,9 @@ class WatermarkKey:
         Raises:
             ConfigError: one line naming the bad value and the range that works for this tokenizer.
         """
+        geometry = Geometry.of(tokenizer)
         key = cls._from_secret(secrets.token_bytes(SECRET_BYTES), gamma=gamma, n_lists=n_lists,
-                               tokenizer_id=tokenizer.id, vocab_size=int(tokenizer.vocab_size))
+                               tokenizer_id=tokenizer.id, vocab_size=geometry.vocab_size, geometry=geometry)
         _check_split(key.gamma, key.vocab_size, getattr(tokenizer, "alive", None))
         return key
 
@@ -161,8 +243,14 @@ class WatermarkKey:
             raise KeyFileError(f"key {self.key_id} has no secret; build keys with WatermarkKey.create() or .load()")
         return hmac.new(secret, bytes(message), hashlib.sha256).digest()
 
-    def _canonical_metadata(self) -> bytes:
+    def _metadata(self) -> dict:
         meta = {name: getattr(self, name) for name in _META_FIELDS}
+        if self.geometry is not None:          # absent from keys made before geometry was bound: their MAC stands
+            meta["geometry"] = self.geometry.to_json()
+        return meta
+
+    def _canonical_metadata(self) -> bytes:
+        meta = self._metadata()
         return json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
     def _mac(self) -> str:
@@ -170,18 +258,32 @@ class WatermarkKey:
 
     # ------------------------------------------------------------------------------------ checks
     def check_tokenizer(self, tokenizer: Any) -> None:
-        """Raise KeyFileError unless the key was made for `tokenizer` (same id and vocabulary size)."""
+        """Raise KeyFileError unless the key was made for `tokenizer`: same id, vocabulary size and geometry.
+
+        A duck-typed tokenizer lacking the protocol's attributes raises ConfigError naming them. A key made at
+        another geometry (e.g. Emu3 at 64 px, detected with the default 720) is refused: its codes would be
+        re-encoded on another grid and tested as if they were the same.
+        """
+        check_tokenizer_protocol(tokenizer, ("id", "vocab_size"))
         tid, vocab = tokenizer.id, int(tokenizer.vocab_size)
         if tid != self.tokenizer_id or vocab != self.vocab_size:
             raise KeyFileError(
                 f"key {self.key_id} is bound to tokenizer {self.tokenizer_id!r} (vocab {self.vocab_size}), but the "
                 f"model's tokenizer is {tid!r} (vocab {vocab}); create a key for this model with "
                 f"`guard keygen --model ...` or pass the matching --key")
+        if self.geometry is not None:
+            got = Geometry.of(tokenizer)
+            if got != self.geometry:
+                hint = (f"load the model at {self.geometry.image_size} px (e.g. --model KIND:PATH@"
+                        f"{self.geometry.image_size} for emu3 and llamagen)"
+                        if got.image_size != self.geometry.image_size else "use the tokenizer the key was made for")
+                raise KeyFileError(f"key {self.key_id} was made for {self.geometry} but the tokenizer reads {got}; "
+                                   f"{hint}")
 
     # ------------------------------------------------------------------------------------ files
     def _to_json(self) -> str:
         """The key file's content, secret included: write it only through `save()`."""
-        doc = {name: getattr(self, name) for name in _META_FIELDS}
+        doc = self._metadata()
         doc["secret"] = base64.b64encode(self._secret_bytes()).decode("ascii")
         doc["mac"] = self._mac()
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
@@ -257,14 +359,15 @@ class WatermarkKey:
             raise KeyFileError(f"key file {path} has n_lists={doc['n_lists']}, more than guard supports "
                                f"({MAX_LISTS}); make a new key with `guard keygen --lists K`")
         try:
+            geometry = Geometry.from_json(doc["geometry"]) if doc.get("geometry") is not None else None
             key = cls._from_secret(secret, gamma=doc["gamma"], n_lists=doc["n_lists"],
                                    tokenizer_id=doc["tokenizer_id"], vocab_size=doc["vocab_size"],
-                                   created=str(doc["created"]))
+                                   created=str(doc["created"]), geometry=geometry)
         except ConfigError as e:
             raise KeyFileError(f"key file {path} is corrupt or tampered with: {e}") from None
         if not isinstance(doc["mac"], str) or not hmac.compare_digest(doc["mac"], key._mac()):
             raise KeyFileError(f"key file {path} is corrupt or tampered with: its metadata (gamma, n_lists, "
-                               f"tokenizer_id, vocab_size, created) does not match its MAC")
+                               f"tokenizer_id, vocab_size, created, geometry) does not match its MAC")
         return key
 
     # ------------------------------------------------------------------------------------ display

@@ -17,7 +17,7 @@ from guard.errors import KeyFileError
 from guard.keys import SCHEME, WatermarkKey, default_key_path, load_or_create_default
 
 SECRET = bytes(range(32))
-TOK = SimpleNamespace(id="synthetic-vq-4096@0123456789ab", vocab_size=4096)
+TOK = SimpleNamespace(id="synthetic-vq-4096@0123456789ab", vocab_size=4096, grid=(16, 16), image_size=64)
 
 
 def secret_forms(key: WatermarkKey) -> list[str]:
@@ -196,3 +196,72 @@ def test_default_key_is_created_once_and_reused(monkeypatch, tmp_path):
     assert load_or_create_default(TOK).key_id == first.key_id
     with pytest.raises(KeyFileError, match="bound to tokenizer"):
         load_or_create_default(SimpleNamespace(id="other@1", vocab_size=4096))
+
+
+# ------------------------------------------------------------------------------------------ geometry (issue 19)
+def _tok(**kw):
+    base = dict(id=TOK.id, vocab_size=4096, grid=(16, 16), image_size=64)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_created_key_binds_geometry_and_file_keeps_it(tmp_path):
+    from guard.keys import Geometry
+
+    key = WatermarkKey.create(_tok(), gamma=0.25, n_lists=2)
+    assert key.geometry == Geometry(image_size=64, grid=(16, 16), vocab_size=4096)
+    path = key.save(tmp_path / "k.json")
+    assert json.loads(path.read_text())["geometry"] == {"image_size": 64, "grid": [16, 16], "vocab_size": 4096}
+    assert WatermarkKey.load(path).geometry == key.geometry
+
+
+def test_geometry_edit_breaks_the_mac(tmp_path):
+    path = WatermarkKey.create(_tok(), n_lists=2).save(tmp_path / "k.json")
+    doc = json.loads(path.read_text())
+    doc["geometry"]["image_size"] = 720
+    path.write_text(json.dumps(doc))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeyFileError, match="geometry"):
+        WatermarkKey.load(path)
+
+
+def test_other_geometry_is_refused_in_one_line_with_the_fix():
+    key = WatermarkKey.create(_tok(image_size=64, grid=(8, 8)), n_lists=2)
+    with pytest.raises(KeyFileError) as err:
+        key.check_tokenizer(_tok(image_size=720, grid=(90, 90)))
+    msg = str(err.value)
+    assert "\n" not in msg and "64 px, grid 8x8" in msg and "720 px, grid 90x90" in msg and "@64" in msg
+    key.check_tokenizer(_tok(image_size=64, grid=(8, 8)))           # the same geometry passes
+
+
+def test_scales_are_part_of_the_geometry():
+    key = WatermarkKey.create(_tok(scales=(1, 2, 4, 16)), n_lists=2)
+    assert key.geometry.scales == (1, 2, 4, 16)
+    with pytest.raises(KeyFileError, match="scales 1/2/4/16"):
+        key.check_tokenizer(_tok(scales=(1, 2, 3, 16)))
+
+
+def test_key_without_geometry_still_loads_and_is_not_geometry_checked(tmp_path):
+    legacy = fixed_key()                                            # as written before geometry was bound
+    path = legacy.save(tmp_path / "old.json")
+    assert "geometry" not in json.loads(path.read_text())
+    loaded = WatermarkKey.load(path)
+    assert loaded.geometry is None
+    loaded.check_tokenizer(_tok(image_size=720, grid=(90, 90)))
+
+
+def test_duck_typed_tokenizer_missing_attributes_gets_one_clear_line():
+    from guard.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        WatermarkKey.create(SimpleNamespace(id="mine@1", vocab_size=4096), n_lists=2)
+    msg = str(err.value)
+    assert "\n" not in msg and "lacks grid, image_size" in msg and "AttributeError" not in msg
+
+
+def test_green_lists_take_a_tokenizer_without_alive():
+    from guard.watermark import GreenLists
+
+    tok = _tok()                                                    # no `alive`: optional in the protocol
+    gl = GreenLists(WatermarkKey.create(tok, n_lists=2), tok)
+    assert not gl.stratified and gl.masks.shape == (2, 4096)

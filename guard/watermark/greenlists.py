@@ -72,7 +72,7 @@ class GreenLists:
         self.gamma = key.gamma
         self.n_lists = key.n_lists
         self._tokenizer = tokenizer
-        alive = tokenizer.alive
+        alive = getattr(tokenizer, "alive", None)     # optional in the Tokenizer protocol
         if stratified is None:
             stratified = alive is not None
         if stratified and alive is None:
