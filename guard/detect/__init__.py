@@ -7,11 +7,13 @@
 
 Modules: `stats` (exact tests, Bonferroni), `detector` (`Detector`, `DetectionRecord`), `scan`
 (folders, streaming, resume), `calibrate` (FPR on clean images, QQ plot), `heatmap` (token-grid
-picture), `ray_engine` (Ray Data scale-out). Images are loaded by `guard.imageio`.
+picture), `ray_engine` (Ray Data scale-out), `fingerprint` (key-free detection: tokenizer fingerprint,
+conformal p-values). Images are loaded by `guard.imageio`.
 """
 
 from ..imageio import LoadedImage, load_image
 from .detector import RECORD_FIELDS, TESTS, DetectionRecord, Detector, DetectorSpec, search_transforms
+from .fingerprint import FingerprintCalibration, Fingerprinter
 
-__all__ = ["Detector", "DetectorSpec", "DetectionRecord", "RECORD_FIELDS", "TESTS", "LoadedImage", "load_image",
-           "search_transforms"]
+__all__ = ["Detector", "DetectorSpec", "DetectionRecord", "FingerprintCalibration", "Fingerprinter", "RECORD_FIELDS",
+           "TESTS", "LoadedImage", "load_image", "search_transforms"]

@@ -34,6 +34,7 @@ from ..errors import ConfigError, ImageError, KeyFileError
 from ..provenance.binding import empty_record_fields, record_fields
 from ..provenance.read import ManifestReader
 from . import stats
+from .fingerprint import Fingerprinter, empty_fields
 from ..imageio import DECODE_BUDGET_BYTES, MAX_DECODE_BYTES, MAX_PIXELS, DecodeBudget, LoadedImage, load_image
 
 __all__ = ["DetectionRecord", "Detector", "DetectorSpec", "RECORD_FIELDS", "TESTS", "search_transforms"]
@@ -79,6 +80,14 @@ class DetectionRecord:
             watermark was found or there is no manifest).
         provenance: "agree", "mismatch", "watermark-only", "manifest-only", "other-manifest",
             "invalid-manifest" or "none".
+        fingerprint_score: key-free detection (`guard.detect.fingerprint`, DESIGN §13): the luma MSE between
+            the image and its round trip through the attributed tokenizer (small = near its decoder's
+            manifold); None when no fingerprint was asked for (and on error rows), as are the next three.
+        fingerprint_p: conformal p against that tokenizer's calibration of real images, corrected for the
+            number of tokenizers compared: min(1, m · p); never below m / (n + 1).
+        fingerprint_tokenizer: the tokenizer with the smallest p (attribution to a model family).
+        fingerprint_hit: fingerprint_p <= the fingerprint alpha (an addition to the issue's three fields,
+            so that exit codes and resumed scans can count hits from the rows alone).
         error: None, or one line saying why the file could not be read.
         elapsed_ms: this image's decode time plus its share of its batch's tokenize + test time, plus the
             time to read its Content Credentials.
@@ -113,12 +122,21 @@ class DetectionRecord:
     c2pa_key_id: str | None
     c2pa_key_match: bool | None
     provenance: str | None
+    fingerprint_score: float | None
+    fingerprint_p: float | None
+    fingerprint_tokenizer: str | None
+    fingerprint_hit: bool | None
     error: str | None
     elapsed_ms: float
     guard_version: str
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def flagged(self) -> bool:
+        """Watermarked, or a fingerprint hit: what exit code 0 counts."""
+        return bool(self.watermarked) or self.fingerprint_hit is True
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectionRecord":
@@ -211,6 +229,8 @@ class Detector:
         decode_budget_bytes: memory budget shared by the decoding threads (`guard.imageio.DecodeBudget`).
         provenance: read each file's Content Credentials into the record (True, default), with a
             `guard.provenance.ManifestReader` (e.g. one holding trust anchors), or not at all (False).
+        fingerprints: a `guard.detect.fingerprint.Fingerprinter` (key-free detection; the fingerprint_*
+            fields), or None. With fingerprints, `green_lists` may be empty: no watermark test is run.
 
     Raises:
         ConfigError: a bad argument; KeyFileError: a key made for another tokenizer.
@@ -225,10 +245,13 @@ class Detector:
     def __init__(self, green_lists, tokenizer, *, test: str = "distinct", alpha: float = 1e-4,
                  search: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS,
                  provenance: "bool | ManifestReader" = True, max_decode_bytes: int = MAX_DECODE_BYTES,
-                 decode_budget_bytes: int = DECODE_BUDGET_BYTES) -> None:
+                 decode_budget_bytes: int = DECODE_BUDGET_BYTES, fingerprints: Fingerprinter | None = None) -> None:
         lists = [green_lists] if hasattr(green_lists, "masks") else list(green_lists)
-        if not lists:
-            raise ConfigError("green_lists is empty; pass at least one GreenLists (one per key)")
+        if not lists and fingerprints is None:
+            raise ConfigError("green_lists is empty; pass at least one GreenLists (one per key) or fingerprints")
+        if fingerprints is not None and int(fingerprints.image_size) != int(tokenizer.image_size):
+            raise ConfigError(f"fingerprint calibrations read images at {fingerprints.image_size}px but tokenizer "
+                              f"{tokenizer.id} takes {tokenizer.image_size}px; run separate scans")
         if test not in TESTS:
             raise ConfigError(f"test must be one of {', '.join(TESTS)}, got {test!r}")
         if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
@@ -264,6 +287,7 @@ class Detector:
         self._alive = [g.alive.detach().to("cpu", torch.bool) if g.stratified else None for g in lists]
         self._log10_alpha = math.log10(self.alpha)
         self.manifests = ManifestReader() if provenance is True else (provenance or None)
+        self.fingerprints = fingerprints
 
     def __repr__(self) -> str:
         keys = ",".join(g.key_id for g in self.green_lists)
@@ -346,7 +370,7 @@ class Detector:
             resize=img.resize if img else None, key_id=None, tokenizer_id=self.tokenizer.id, test=self.test,
             n_tokens=None, n_distinct=None, n_green=None, list_index=None, transform=None, gamma=None,
             p_value_raw=None, p_value=None, log10_p=None, alpha=self.alpha, watermarked=False,
-            **empty_record_fields(), error=error, elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
+            **empty_record_fields(), **empty_fields(), error=error, elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
         if fields_:
             base.update(fields_)
         if self.manifests is not None and img is not None and path is not None and error is None:
@@ -371,11 +395,14 @@ class Detector:
     def detect_codes(self, codes: torch.Tensor, paths: Sequence | None = None) -> list[DetectionRecord]:
         """Records for code maps (B, h, w) already tokenized: no transforms (the correction counts lists × keys)."""
         t0 = time.perf_counter()
-        rows = self._records_from_codes(codes.reshape(codes.shape[0], *codes.shape[-2:]), 1)
+        if not self.green_lists:
+            rows = [{} for _ in range(codes.shape[0])]
+        else:
+            rows = self._records_from_codes(codes.reshape(codes.shape[0], *codes.shape[-2:]), 1)
         ms = (time.perf_counter() - t0) * 1e3 / max(len(rows), 1)
         paths = list(paths) if paths is not None else [None] * len(rows)
         for r in rows:
-            r["transform"] = "identity"
+            r["transform"] = "identity" if self.green_lists else None
         return [self._record(path=p, elapsed_ms=ms, fields_=r) for p, r in zip(paths, rows)]
 
     def _check_images(self, images: torch.Tensor) -> None:
@@ -398,8 +425,17 @@ class Detector:
         if B == 0:
             return []
         t0 = time.perf_counter()
-        batch = self._transformed(images)
-        rows = self._records_from_codes(self.encode(batch.float().clamp(0, 1)), len(self.transforms))
+        rows: list[dict] = [{} for _ in range(B)]
+        codes = None
+        if self.green_lists:
+            T = len(self.transforms)
+            codes = self.encode(self._transformed(images).float().clamp(0, 1))
+            rows = self._records_from_codes(codes, T)
+            codes = codes.reshape(B, T, *codes.shape[1:])[:, 0]           # the identity transform's codes
+        if self.fingerprints is not None:
+            known = {self.tokenizer.id: codes} if codes is not None else {}
+            for r, f in zip(rows, self.fingerprints.fields(images.float().clamp(0, 1), known)):
+                r.update(f)
         share = (time.perf_counter() - t0) * 1e3 / B
         paths = list(paths) if paths is not None else [None] * B
         loaded = list(loaded) if loaded is not None else [None] * B
@@ -489,6 +525,10 @@ class DetectorSpec:
         provenance: as for `Detector`: True reads Content Credentials with a default reader, a
             `guard.provenance.ManifestReader` reads them with that reader (e.g. holding trust anchors; it
             travels to workers with its certificates), False turns it off.
+        fingerprints: `guard.detect.fingerprint.FingerprintCalibration`s (key-free detection, one per
+            tokenizer); with them `keys` may be empty. Without keys the records' tokenizer is the first
+            calibration's.
+        fingerprint_alpha: a fingerprint hit is corrected fingerprint p <= this (default 1e-2).
 
     Example:
         >>> spec = DetectorSpec(keys=(WatermarkKey.load("my.key"),), search=True)     # doctest: +SKIP
@@ -505,22 +545,35 @@ class DetectorSpec:
     provenance: "bool | ManifestReader" = True
     max_decode_bytes: int = MAX_DECODE_BYTES
     decode_budget_bytes: int = DECODE_BUDGET_BYTES
+    fingerprints: tuple = ()
+    fingerprint_alpha: float = 1e-2
 
     def build(self, tokenizer: Any = None) -> Detector:
         """The `Detector` (loads the tokenizer unless given; derives each key's green lists)."""
         from ..models import load_tokenizer
         from ..watermark import GreenLists
 
-        if not self.keys:
-            raise ConfigError("DetectorSpec needs at least one key")
-        tok = tokenizer if tokenizer is not None else load_tokenizer(self.model)
+        if not self.keys and not self.fingerprints:
+            raise ConfigError("DetectorSpec needs at least one key or one fingerprint calibration")
+        if tokenizer is not None:
+            tok = tokenizer
+        elif self.keys:
+            tok = load_tokenizer(self.model)
+        else:
+            tok = load_tokenizer(self.fingerprints[0].model)
+        fp = Fingerprinter(self.fingerprints, alpha=self.fingerprint_alpha, batch_size=self.batch_size, reuse=tok) \
+            if self.fingerprints else None
         lists = [GreenLists(k, tok) for k in self.keys]
         return Detector(lists, tok, test=self.test, alpha=self.alpha, search=self.search,
                         batch_size=self.batch_size, max_pixels=self.max_pixels, provenance=self.provenance,
-                        max_decode_bytes=self.max_decode_bytes, decode_budget_bytes=self.decode_budget_bytes)
+                        max_decode_bytes=self.max_decode_bytes, decode_budget_bytes=self.decode_budget_bytes,
+                        fingerprints=fp)
 
     def describe(self, detector: Detector) -> str:
         """One log line: the looks behind each decision, the test and alpha."""
         lists = sum(g.n_lists for g in detector.green_lists)
+        fp = "" if detector.fingerprints is None else "; " + detector.fingerprints.describe()
+        if not detector.green_lists:
+            return "no key: key-free detection only" + fp
         return (f"{detector.n_looks} looks per image ({lists} lists x {len(detector.transforms)} transforms); "
-                f"test {self.test}{' (approximate)' if self.test == 'tokens' else ''}, alpha {self.alpha:g}")
+                f"test {self.test}{' (approximate)' if self.test == 'tokens' else ''}, alpha {self.alpha:g}" + fp)

@@ -252,7 +252,7 @@ class _ChunkDetector:
             shard = self.store.commit(int(batch["position"][j]), records)
             t2 = time.perf_counter()
             for k, v in (("position", int(batch["position"][j])), ("n", len(records)),
-                         ("n_watermarked", sum(r.watermarked for r in records)),
+                         ("n_watermarked", sum(r.flagged for r in records)),
                          ("n_errors", sum(r.error is not None for r in records)), ("pid", self.pid),
                          ("decode_s", float(batch["decode_s"][j])), ("detect_s", t1 - t0), ("write_s", t2 - t1),
                          ("shard", shard.name)):
@@ -551,7 +551,7 @@ def _merge(store: ShardStore, out, stream, fmt: str, resume: bool, state: Resume
             writer.write(batch)
             summary.n_rows += len(batch)
             summary.n_new += len(batch)
-            summary.n_watermarked += sum(bool(r.watermarked) for r in batch)
+            summary.n_watermarked += sum(r.flagged for r in batch)
             summary.n_errors += sum(r.error is not None for r in batch)
 
     if out is None:

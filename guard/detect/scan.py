@@ -33,7 +33,8 @@ Guarantees:
   interrupted + resumed = one uninterrupted scan, without duplicate rows. Resuming with other settings
   is refused (`check_resume`), from the settings file and from the rows themselves.
 * **Exit codes** (`ScanSummary.exit_code`, over every row of the output incl. resumed ones):
-  `ExitCode.of_detection`: 3 if any file was unreadable, else 0 if any image is watermarked, else 1.
+  `ExitCode.of_detection`: 3 if any file was unreadable, else 0 if any image is flagged (watermarked, or a
+  fingerprint hit with `--fingerprint`), else 1.
 """
 
 from __future__ import annotations
@@ -211,21 +212,25 @@ class CsvWriter(_Writer):
 class TableWriter(_Writer):
     """Aligned human-readable lines (not resumable, not meant for parsing)."""
 
-    COLUMNS = "{wm:<5} {log10:>9} {p:>10} {key:<16} {lst:>4} {tf:<12} {prov:<16} {path}"
+    COLUMNS = "{wm:<5} {log10:>9} {p:>10} {key:<16} {lst:>4} {tf:<12} {prov:<16} {fp:>10} {path}"
 
     def header(self) -> None:
         self.stream.write(self.COLUMNS.format(wm="wm", log10="log10_p", p="p_value", key="key_id", lst="list",
-                                              tf="transform", prov="provenance", path="path / error") + "\n")
+                                              tf="transform", prov="provenance", fp="fp_p",
+                                              path="path / error") + "\n")
         self.stream.flush()
 
     def format(self, r: DetectionRecord) -> str:
         path = _printable(r.path) if r.path is not None else r.path
         if r.error:
-            return self.COLUMNS.format(wm="ERR", log10="-", p="-", key="-", lst="-", tf="-", prov="-",
+            return self.COLUMNS.format(wm="ERR", log10="-", p="-", key="-", lst="-", tf="-", prov="-", fp="-",
                                        path=f"{path}: {_printable(r.error)}") + "\n"
-        return self.COLUMNS.format(wm="yes" if r.watermarked else "no", log10=f"{r.log10_p:.2f}",
-                                   p=f"{r.p_value:.3g}", key=r.key_id or "-", lst=str(r.list_index),
-                                   tf=r.transform or "-", prov=r.provenance or "-", path=path) + "\n"
+        wm = "-" if r.log10_p is None else "yes" if r.watermarked else "no"
+        fp = "-" if r.fingerprint_p is None else f"{r.fingerprint_p:.3g}{'*' if r.fingerprint_hit else ''}"
+        return self.COLUMNS.format(wm=wm, log10="-" if r.log10_p is None else f"{r.log10_p:.2f}",
+                                   p="-" if r.p_value is None else f"{r.p_value:.3g}", key=r.key_id or "-",
+                                   lst="-" if r.list_index is None else str(r.list_index), tf=r.transform or "-",
+                                   prov=r.provenance or "-", fp=fp, path=path) + "\n"
 
 
 def open_writer(stream: IO[str], fmt: str, *, header: bool = True) -> _Writer:
@@ -247,7 +252,8 @@ class ResumeState:
     Attributes:
         done: the paths with a row already, as the rows hold them.
         resolved: their real paths (`resolve_path` of each row's path against `base`): what a scan skips.
-        n_rows, n_watermarked, n_errors: counts over those rows.
+        n_rows, n_watermarked, n_errors: counts over those rows (n_watermarked counts flagged rows:
+            watermarked or a fingerprint hit).
         has_header: the file already starts with a CSV header.
         dropped_bytes: bytes of a partial last record removed (a crash mid-write).
         base: the folder the rows' relative paths are relative to (None: the working directory).
@@ -350,7 +356,7 @@ def read_resume_state(path: str | os.PathLike, fmt: str, *, base: str | None = N
             state.done.add(str(p))
             state.resolved.add(resolve_path(str(p), base))
         state.n_rows += 1
-        state.n_watermarked += _truthy(row.get("watermarked"))
+        state.n_watermarked += _truthy(row.get("watermarked")) or _truthy(row.get("fingerprint_hit"))
         state.n_errors += bool(row.get("error"))
         _note_settings(state, row)
     return state
@@ -383,6 +389,8 @@ class ScanSettings:
         tokenizer_id: the tokenizer that re-quantizes images.
         test, alpha, search: as for `Detector`.
         trust_anchors: SHA-256 of the trust-anchor PEM file (None without one).
+        fingerprints: digests of the fingerprint calibrations (sorted; empty without --fingerprint).
+        fingerprint_alpha: the fingerprint hit level (None without --fingerprint).
     """
 
     format: str
@@ -392,20 +400,26 @@ class ScanSettings:
     alpha: float
     search: bool
     trust_anchors: str | None = None
+    fingerprints: tuple[str, ...] = ()
+    fingerprint_alpha: float | None = None
 
     @classmethod
     def of(cls, detector: Detector, fmt: str, *, trust_anchors: str | None = None) -> "ScanSettings":
         """The settings of a scan with `detector`, written as `fmt`."""
+        fp = detector.fingerprints
         return cls(format=fmt, key_ids=tuple(sorted(g.key_id for g in detector.green_lists)),
                    tokenizer_id=detector.tokenizer.id, test=detector.test, alpha=detector.alpha,
-                   search=detector.search, trust_anchors=trust_anchors)
+                   search=detector.search, trust_anchors=trust_anchors,
+                   fingerprints=tuple(sorted(c.digest for c in fp.calibrations)) if fp is not None else (),
+                   fingerprint_alpha=fp.alpha if fp is not None else None)
 
     def differences(self, stored: dict) -> list[str]:
         """What differs from the settings an output was written with, one phrase each."""
         out = []
-        for name in ("format", "key_ids", "tokenizer_id", "test", "alpha", "search", "trust_anchors"):
+        for name in ("format", "key_ids", "tokenizer_id", "test", "alpha", "search", "trust_anchors", "fingerprints",
+                     "fingerprint_alpha"):
             mine, theirs = getattr(self, name), stored.get(name)
-            if name == "key_ids":
+            if name in ("key_ids", "fingerprints"):
                 theirs = tuple(sorted(theirs or ()))
             if mine != theirs:
                 out.append(f"{_LABELS[name]} {_show(theirs)} (this run: {_show(mine)})")
@@ -429,7 +443,8 @@ class ScanSettings:
 
 
 _LABELS = {"format": "format", "key_ids": "keys", "tokenizer_id": "tokenizer", "test": "test", "alpha": "alpha",
-           "search": "search", "trust_anchors": "trust anchors (sha256)"}
+           "search": "search", "trust_anchors": "trust anchors (sha256)",
+           "fingerprints": "fingerprint calibrations (sha256)", "fingerprint_alpha": "fingerprint alpha"}
 
 
 def _show(v: Any) -> str:
@@ -471,7 +486,8 @@ def _write_settings(out: Path, settings: ScanSettings | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             side.unlink()
         return
-    doc = {"guard_scan_settings": 1, **asdict(settings), "key_ids": list(settings.key_ids), "cwd": os.getcwd(),
+    doc = {"guard_scan_settings": 1, **asdict(settings), "key_ids": list(settings.key_ids),
+           "fingerprints": list(settings.fingerprints), "cwd": os.getcwd(),
            "guard_version": __version__}
     text = json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
     try:
@@ -595,7 +611,7 @@ class ScanSummary:
 
     Attributes:
         n_rows: rows in the output; n_new: rows written by this run; n_skipped: paths skipped (resume).
-        n_watermarked, n_errors: rows flagged watermarked / unreadable.
+        n_watermarked, n_errors: rows flagged (watermarked, or a fingerprint hit) / unreadable.
         interrupted: the scan stopped early at a batch boundary (`should_stop`).
         n_same_file: paths dropped because an earlier path names the same file (same real path).
     """
@@ -662,7 +678,7 @@ def scan(detector: Detector, paths: Iterable, writer: _Writer, *, workers: int =
             writer.write(records)
             summary.n_rows += len(records)
             summary.n_new += len(records)
-            summary.n_watermarked += sum(r.watermarked for r in records)
+            summary.n_watermarked += sum(r.flagged for r in records)
             summary.n_errors += sum(r.error is not None for r in records)
             if on_batch:
                 on_batch(len(records))
