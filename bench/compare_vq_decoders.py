@@ -25,11 +25,13 @@ a = ap.parse_args()
 imgs, _, _ = render_dataset(VALIDATION_SEED_BASE, a.n, "any", workers=1)
 x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
 cfg = vq_config_from_card(WEIGHTS_DIR)
+first = None
 for path in a.weights:
     vq = VQModel(cfg).eval()
     vq.load_state_dict(load_file(path))
     with torch.no_grad():
         codes = vq.encode(x)
+        first = codes if first is None else first
         rec = to_uint8_png(vq.decode(codes))
         psnr = 10 * torch.log10(1 / (rec - x).pow(2).flatten(1).mean(1).clamp_min(1e-10))
         agree = lambda c, img: round(float((vq.encode(img) == c).float().mean()), 4)  # noqa: E731
@@ -42,6 +44,7 @@ for path in a.weights:
         moved = q.clone().scatter_(1, ch[:, None], torch.where(cur < cfg.levels[0] - 1, cur + 1, cur - 1))
         nbr = torch.where(torch.rand(codes.shape, generator=g) < 0.3, vq.ids_of(moved), codes)
         row = {"psnr_db": round(float(psnr.mean()), 2),
+               "codes_as_first_file": round(float((codes == first).float().mean()), 4),
                "rt_rendered": agree(codes, rec),
                "rt_30pct_random": agree(mixed, to_uint8_png(vq.decode(mixed))),
                "rt_30pct_neighbour": agree(nbr, to_uint8_png(vq.decode(nbr))),

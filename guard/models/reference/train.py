@@ -277,6 +277,16 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
     """
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=args.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
+    anchor = None
+    if args.anchor_encoder:
+        if not args.init:
+            raise SystemExit("--anchor-encoder fine-tunes a trained VQ: give --init")
+        import copy
+
+        # The codes of real images stay those of the --init encoder (the GPT's training tokens stay valid):
+        # the trainable encoder is pulled to within --margin of the frozen copy's levels, with --anchor-weight.
+        anchor = copy.deepcopy(model).eval().requires_grad_(False)
+        log(f"vq: encoder anchored to the --init encoder's codes (weight {args.anchor_weight})")
     idem_start = int(args.steps * (1 - args.idem_frac))
     last = min(args.steps, args.stop_after or args.steps)
     usage = torch.zeros(model.cfg.codebook_size)
@@ -297,8 +307,13 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
         idem = torch.zeros(())
         loss = rec_loss
         if step >= idem_start:
-            q_real = model.round_levels(zb).detach()
-            commit = F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
+            if anchor is None:
+                q_real = model.round_levels(zb).detach()
+                commit = F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
+            else:
+                with torch.no_grad():
+                    q_real = anchor.round_levels(anchor.bounded(x))
+                commit = args.anchor_weight * F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
             swap = torch.rand(q_real[:, :1].shape, generator=gen) < args.sub_frac
             rand_q = torch.floor(torch.rand(q_real.shape, generator=gen) * lv)
             q_t = torch.where(swap, rand_q, q_real)
@@ -329,7 +344,8 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
         _vq_checkpoint(args, model, x_test, step)
     _finish_vq(args, model, x_test, t0, {"crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight,
                                          "margin": args.margin, "sub_frac": args.sub_frac,
-                                         "nbr_frac": args.nbr_frac, "freeze_encoder": args.freeze_encoder})
+                                         "nbr_frac": args.nbr_frac, "freeze_encoder": args.freeze_encoder,
+                                         "anchor_encoder": args.anchor_encoder, "anchor_weight": args.anchor_weight})
 
 
 # ---------------------------------------------------------------------------------------- classifier
@@ -688,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-encoder", action="store_true",
                    help="fsq: fine-tune only the decoder of --init (codes of every image, and so the GPT's tokens, "
                         "stay the same)")
+    p.add_argument("--anchor-encoder", action="store_true",
+                   help="fsq: fine-tune encoder and decoder of --init, the encoder held (--anchor-weight) to the codes "
+                        "the --init encoder gives real images, so a GPT trained on those codes stays valid")
+    p.add_argument("--anchor-weight", type=float, default=5.0)
     p.add_argument("--idem-weight", type=float, default=None)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
