@@ -26,6 +26,18 @@ app.add_typer(erase_app, name="erase")
 ConceptOpt = Annotated[str, typer.Option("--concept", help="Concept to erase (reference: a shape or colour).")]
 ReplacementOpt = Annotated[str, typer.Option("--replacement", help="What the concept becomes (same kind).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: 'reference' (default) or an adapter spec.")]
+JudgeOpt = Annotated[str | None, typer.Option("--judge", help="Concept judge 'clip:ARCH@PATH' (local open_clip "
+                                                              "weights; zero-shot concept vs replacement) instead "
+                                                              "of the model kind's own.")]
+
+
+def _judge(spec: str | None, replacement):
+    """The --judge CLIP judge (the concept competes with the replacement), or None for the kind's own."""
+    if spec is None:
+        return None
+    from ..models.clip_judge import load_clip_judge
+
+    return load_clip_judge(spec, contrasts=[replacement])
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -62,6 +74,7 @@ def train(
                                                                         "published).")] = 4.0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing delta file.")] = False,
+    judge: JudgeOpt = None,
 ) -> None:
     """Fine-tune with EAR (hidden-state regression, WGA + TLM) and write the delta of changed tensors + card."""
     import torch
@@ -70,7 +83,8 @@ def train(
     from ..models import load
 
     with exit_on_error():
-        check_pair(concept, replacement, model)
+        _, r = check_pair(concept, replacement, model)
+        concept_judge = _judge(judge, r)
         if threads:
             torch.set_num_threads(threads)
         if out.exists() and not force:
@@ -89,7 +103,7 @@ def train(
                 info(f"epoch {ev['epoch']} batch {ev['batch']}: {ev['steps']} steps, loss {ev['loss']:.4f} "
                      f"({time.time() - t0:.0f}s)")
 
-        result = erase(gen, concept, replacement, config, out=out, progress=progress)
+        result = erase(gen, concept, replacement, config, out=out, progress=progress, judge=concept_judge)
         card = result.card
         info(f"{card['steps']} optimiser steps over {card['windows']} windows; "
              f"{card['windows_masked_rollouts']} of {card['rollout_windows']} rollout windows masked by TLM; "
@@ -117,6 +131,7 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts and sampling.")] = 0,
     cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (>= 1).")] = 3.0,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
+    judge: JudgeOpt = None,
 ) -> None:
     """Concept rate (incl. held-out synonyms and paraphrases), non-target adherence, token agreement, grid."""
     import torch
@@ -131,9 +146,10 @@ def evaluate(
     with exit_on_error():
         if threads:
             torch.set_num_threads(threads)
-        c, _ = check_pair(concept, replacement, model)
+        c, r = check_pair(concept, replacement, model)
         if not erased and not steer:
             raise ConfigError("nothing to evaluate: pass --erased DELTA and/or --steer ETA")
+        concept_judge = _judge(judge, r)
         base = load(model)
         variants = [Variant(f"ear:{p.stem}", load_erased(base, p)) for p in (erased or [])]
         prompt = steer_prompt or STEER_PROMPT.format(concept=c.name)
@@ -144,7 +160,7 @@ def evaluate(
                                     f"ConceptSteering({prompt!r}: {eta:g}"
                                     + (f", anchor {steer_anchor!r})" if anchors else ")")))
         report = evaluate_erasure(base, variants, concept, replacement, n_target=n, n_non_target=n, seed=seed,
-                                  cfg=cfg, out_dir=out, cache_dir=out / "cache", log=info)
+                                  cfg=cfg, out_dir=out, cache_dir=out / "cache", log=info, judge=concept_judge)
         table = Table(title=f"erase {report['concept']} -> {report['replacement']} (n={n} per set)")
         for col in ("variant", "prompt set", "concept rate", "95% CI", "non-target adherence s/c", "token agreement",
                     "Holm p"):

@@ -114,6 +114,9 @@ def evaluate(
     clean_dir: Annotated[Path | None, typer.Option("--clean-dir", help="Clean images (mode folders).")] = None,
     model: Annotated[str, typer.Option("--model", help="Model spec ('reference').")] = "reference",
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG figures.")] = False,
+    clip: Annotated[str | None, typer.Option("--clip", help="CLIP judge 'clip:ARCH@PATH' (local open_clip weights): "
+                                                            "report CLIPScore of watermarked vs clean images "
+                                                            "(modes soft/hard).")] = None,
 ) -> None:
     """Generate (or read) watermarked and clean images, attack them, detect, and report TPR/FPR/AUC."""
     if ctx.invoked_subcommand is not None:
@@ -128,7 +131,7 @@ def evaluate(
         conf = EvalConfig(out=out, n=n, mode=m.value, delta=delta, key=key, gamma=gamma, n_lists=lists,
                           attacks=parse_attack_list(attacks, full=grid is Grid.full), alphas=_floats(alphas, "--alphas"),
                           test=test.value, search=search, seed=seed, cfg=cfg, batch_size=batch_size, min_psnr=min_psnr,
-                          wm_dir=wm_dir, clean_dir=clean_dir, model=model)
+                          wm_dir=wm_dir, clean_dir=clean_dir, model=model, clip=clip)
         info(f"guard eval: {len(conf.attacks)} attack settings, n={n} per population, mode {m.value}, out {out}")
         try:
             with _progress() as adv:
@@ -137,6 +140,11 @@ def evaluate(
             info("interrupted: rows written so far are kept; run the same command again to resume")
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         _print_table(summary)
+        if summary.get("clipscore"):
+            q = summary["clipscore"]
+            info(f"CLIPScore ({q['judge']}, n={q['n']}): watermarked {q['watermarked_mean']:.2f}, clean "
+                 f"{q['clean_mean']:.2f}, difference {q['difference_mean']:+.2f}"
+                 + (f" ± {q['difference_se']:.2f} (s.e.)" if q["difference_se"] is not None else ""))
         info(f"wrote {out / 'summary.json'}, {out / 'report.csv'}" + ("" if no_plots else ", roc.png, "
                                                                         "tpr_vs_strength.png, summary_table.png"))
 

@@ -83,6 +83,8 @@ class EvalConfig:
         batch_size: images per chunk (generation, attack and detection).
         min_psnr: post-hoc marking floor (mode "posthoc").
         wm_dir, clean_dir: folders of images (mode "folders").
+        clip: a CLIP judge spec `clip:ARCH@PATH` (local open_clip weights): adds the watermark's quality
+            cost as CLIPScore of each population against its prompts (modes soft/hard) to the summary.
     """
 
     out: Path
@@ -104,9 +106,16 @@ class EvalConfig:
     min_psnr: float = 30.0
     wm_dir: Path | None = None
     clean_dir: Path | None = None
+    clip: str | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.clip is not None:
+            from ..models.clip_judge import parse_clip_spec
+
+            parse_clip_spec(self.clip)
+            if self.mode not in ("soft", "hard"):
+                raise ConfigError(f"clip scores images against their prompts: modes soft and hard only, not {self.mode!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
@@ -449,6 +458,7 @@ def run_eval(cfg: EvalConfig, *, progress: Callable[[str, int], None] | None = N
                                       if np.isfinite(wm["psnr"]).any() else None,
                                       "ssim_mean": float(np.mean(wm["ssim"])),
                                       "unchanged_share": float(np.mean(~np.isfinite(wm["psnr"]))), "n": len(wm["psnr"])}
+    summary["clipscore"] = clip_quality(st.pops, cfg.clip, cfg.batch_size) if cfg.clip else None
     summary["timings_s"] = timings
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:
@@ -456,6 +466,26 @@ def run_eval(cfg: EvalConfig, *, progress: Callable[[str, int], None] | None = N
 
         write_plots(cfg.out, summary)
     return summary
+
+
+def clip_quality(pops: dict, spec: str, batch_size: int = 64) -> dict:
+    """The watermark's quality cost as CLIPScore (100·max(cos, 0)) of the watermarked and the clean population
+    against their shared prompts: means, the paired mean difference (watermarked − clean) and its standard error."""
+    from ..models.clip_judge import load_clip_judge
+
+    judge = load_clip_judge(spec)
+    scores = {}
+    for name in POPULATIONS:
+        pop = pops[name]
+        x = from_uint8(pop["images"])
+        scores[name] = torch.cat([judge.clip_score(x[i:i + batch_size], pop["prompts"][i:i + batch_size])
+                                  for i in range(0, len(x), batch_size)]).double().numpy()
+    diff = scores["watermarked"] - scores["clean"]
+    return {"judge": judge.description, "n": int(len(diff)),
+            "watermarked_mean": round(float(scores["watermarked"].mean()), 4),
+            "clean_mean": round(float(scores["clean"].mean()), 4),
+            "difference_mean": round(float(diff.mean()), 4),
+            "difference_se": round(float(diff.std(ddof=1) / math.sqrt(len(diff))), 4) if len(diff) > 1 else None}
 
 
 # ---------------------------------------------------------------------------------------------- summary
