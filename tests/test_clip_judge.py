@@ -114,5 +114,6 @@ def test_erase_commands_take_the_clip_judge(tmp_path, tiny):
     assert isinstance(judge, ClipJudge) and judge.contrasts == [DOG] and _judge(None, DOG) is None
     for cmd in (["erase", "eval", "--steer", "2", "--out", str(tmp_path / "er")],
                 ["erase", "train", "--out", str(tmp_path / "d.safetensors")]):
-        r = CliRunner().invoke(app, [*cmd, "--concept", "circle", "--replacement", "square", "--judge", "clip:ViT-B-32"])
+        r = CliRunner().invoke(app, [*cmd, "--concept", "circle", "--replacement", "square",
+                                     "--judge", "clip:ViT-B-32"])
         assert r.exit_code == 2 and "clip:ARCH@PATH" in r.output

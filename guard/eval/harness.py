@@ -115,7 +115,8 @@ class EvalConfig:
 
             parse_clip_spec(self.clip)
             if self.mode not in ("soft", "hard"):
-                raise ConfigError(f"clip scores images against their prompts: modes soft and hard only, not {self.mode!r}")
+                raise ConfigError(f"clip scores images against their prompts: modes soft and hard only, not "
+                                  f"{self.mode!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:

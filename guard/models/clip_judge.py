@@ -136,7 +136,7 @@ class ClipJudge:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings float (B, d) of images (B, 3, H, W) in [0, 1] (resized to the model's size)."""
+        """L2-normalised image embeddings float (B, d) of images (B, 3, H, W) in [0, 1] (resized to the model's)."""
         out = [self.model.encode_image(self._pixels(images[i:i + self.batch_size]).to(self.device), normalize=True)
                .float().cpu() for i in range(0, len(images), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
