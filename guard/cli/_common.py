@@ -38,6 +38,50 @@ def choices(name: str, values: str) -> type[enum.Enum]:
 Test = choices("Test", "distinct tokens")
 """The detection test: 'distinct' (exact) or 'tokens' (approximate); `guard detect`, `calibrate` and `eval`."""
 
+Dtype = choices("Dtype", "float32 bfloat16 float16")
+"""Weights dtype of a real model's generator (`--dtype`); tokenizers always run in float32."""
+
+MODEL_SPECS = ("reference[:DIR]", "janus:PATH", "emu3:PATH[@SIZE]", "llamagen:DIR[@SIZE]", "var:PATH[@SCALES]",
+               "factory:package.module:callable")
+"""Every built-in spec form, for --help (a test checks it against the registry)."""
+
+MODEL_HELP = ("Model spec: " + ", ".join(f"'{s}'" for s in MODEL_SPECS) + " (or a kind added with "
+              "guard.models.register_kind). PATH/DIR is a local checkpoint (never the hub); @SIZE the image size "
+              "in pixels (emu3 default 720; llamagen default from the GPT file name, e.g. c2i_L_384.pt).")
+
+
+def model_help(what: str) -> str:
+    """--model help: what the model is used for, then every spec form."""
+    return f"{what} {MODEL_HELP}"
+
+
+DEVICE_HELP = "Device for real models: 'cpu', 'cuda', 'cuda:N' (default: CUDA when available, else the CPU)."
+DTYPE_HELP = "Generator weights dtype for real models (default: bfloat16 on CUDA, float32 on the CPU)."
+TOKENIZER_HELP = ("Your own tokenizer: 'package.module:callable' returning a guard Tokenizer (importable on "
+                  "PYTHONPATH); the same as --model factory:package.module:callable.")
+
+
+def resolve_model(model: str, tokenizer: str | None, *, default: str = "reference") -> str:
+    """The model spec from --model and --tokenizer (which means `factory:TARGET`); both at once is refused."""
+    if tokenizer is None:
+        return model
+    if model != default:
+        raise ConfigError(f"--tokenizer and --model are exclusive (--tokenizer {tokenizer} means "
+                          f"--model factory:{tokenizer})")
+    return f"factory:{tokenizer}"
+
+
+SAMPLING_FALLBACK = {"cfg": 3.0, "temperature": 1.0, "top_k": None, "top_p": None}
+"""Sampling settings of a generator that publishes none (the reference generator's own defaults)."""
+
+
+def sampling_settings(generator: object, **given: object) -> dict:
+    """cfg, temperature, top_k, top_p: each given value, else the generator's `sampling_defaults` (the
+    checkpoint's generation config or the model's published defaults), else `SAMPLING_FALLBACK`."""
+    published = dict(SAMPLING_FALLBACK)
+    published.update(getattr(generator, "sampling_defaults", None) or {})
+    return {k: (given[k] if given.get(k) is not None else published.get(k)) for k in SAMPLING_FALLBACK}
+
 
 def info(msg: str) -> None:
     """A log line on stderr (never data)."""

@@ -42,7 +42,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError, ExitCode, ImageError
-from ._common import Test, app, choices, exit_on_error, info, is_tty_stderr, refuse_clobber
+from ._common import (TOKENIZER_HELP, Test, app, choices, exit_on_error, info, is_tty_stderr, model_help,
+                      refuse_clobber, resolve_model)
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
@@ -72,8 +73,9 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip files already in
                                                           "the rest; refused if the settings differ.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Image-decoding threads.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per tokenizer call.")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Model spec whose tokenizer re-quantizes images "
-                                                       "('reference').")]
+ModelOpt = Annotated[str, typer.Option("--model", help=model_help("Whose tokenizer re-quantizes images (at the "
+                                                                  "geometry the key was made for)."))]
+TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help=TOKENIZER_HELP)]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 EngineOpt = Annotated[Engine, typer.Option("--engine", help="'local' (this process) or 'ray' (Ray Data: decode "
                                                             "tasks + a detection actor pool; needs the 'ray' "
@@ -103,6 +105,7 @@ class ScanOptions:
     workers: int = 4
     batch_size: int = 64
     model: str = "reference"
+    tokenizer: str | None = None
     trust_anchors: Path | None = None
     engine: Engine = Engine.local
     address: str | None = None
@@ -112,7 +115,7 @@ class ScanOptions:
 
 _SCAN_OPTION_TYPES = {"key": KeysOpt, "format": FormatOpt, "out": OutOpt, "alpha": AlphaOpt, "search": SearchOpt,
                       "test": TestOpt, "resume": ResumeOpt, "workers": WorkersOpt, "batch_size": BatchOpt,
-                      "model": ModelOpt, "trust_anchors": TrustAnchorsOpt, "engine": EngineOpt,
+                      "model": ModelOpt, "tokenizer": TokenizerOpt, "trust_anchors": TrustAnchorsOpt, "engine": EngineOpt,
                       "address": AddressOpt, "num_workers": NumWorkersOpt, "shard_format": ShardFormatOpt}
 RAY_OPTIONS = ("engine", "address", "num_workers", "shard_format")
 
@@ -150,7 +153,7 @@ def _detector(opts: ScanOptions):
     from ..provenance import ManifestReader
 
     keys = tuple(resolve_keys(opts.key, log=info))
-    spec = DetectorSpec(keys=keys, model=opts.model, test=opts.test.value, alpha=opts.alpha, search=opts.search,
+    spec = DetectorSpec(keys=keys, model=resolve_model(opts.model, opts.tokenizer), test=opts.test.value, alpha=opts.alpha, search=opts.search,
                         batch_size=opts.batch_size, provenance=ManifestReader(opts.trust_anchors))
     det = spec.build()
     info(spec.describe(det) + (f"; engine ray ({opts.address or 'local cluster'})" if opts.engine is Engine.ray

@@ -20,9 +20,10 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError, ExitCode, ImageError
-from ..keys import resolve_key
+from ..keys import Geometry, resolve_key
 from ..watermark.manifest import MANIFEST_NAME, ManifestRow
-from ._common import app, exit_on_error, info
+from ._common import (DEVICE_HELP, DTYPE_HELP, TOKENIZER_HELP, Dtype, app, exit_on_error, info, model_help,
+                      resolve_model, sampling_settings)
 
 watermark_app = typer.Typer(help="Embed watermarks: at generation time (generate) or into existing images (posthoc).",
                             no_args_is_help=True)
@@ -37,7 +38,9 @@ DEFAULT_PROMPTS = (
 
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Key file (default: the default key, created on first "
                                                            "use under $XDG_CONFIG_HOME/guard/keys/).")]
-ModelOpt = Annotated[str, typer.Option("--model", help="Model spec: 'reference' (default) or an adapter spec.")]
+ModelOpt = Annotated[str, typer.Option("--model", help=model_help("The generator (posthoc: its tokenizer)."))]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)]
+DtypeOpt = Annotated[Dtype | None, typer.Option("--dtype", help=DTYPE_HELP)]
 SignOpt = Annotated[Path | None, typer.Option("--sign", help="Certificate chain (PEM, signer first): embed signed C2PA "
                                                              "Content Credentials in every PNG (needs --sign-key).")]
 SignKeyOpt = Annotated[Path | None, typer.Option("--sign-key", help="The signer's private key (PEM, mode 0600).")]
@@ -84,10 +87,19 @@ def generate(
     model: ModelOpt = "reference",
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed for sampling and list indices "
                                                                    "(reproducible run).")] = None,
-    cfg: Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (>= 1).")] = 3.0,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (0 = greedy).")] = 1.0,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep only the k most likely codes.")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1].")] = None,
+    cfg: Annotated[float | None, typer.Option("--cfg", help="Classifier-free guidance scale (>= 1); default: the "
+                                                            "model's own (checkpoint generation config or published: "
+                                                            "Janus-Pro 5, Emu3 3, LlamaGen c2i 4 / t2i 7.5, "
+                                                            "reference 3).")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (0 = greedy); "
+                                                                            "default: the model's own (1).")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep only the k most likely codes; default: the "
+                                                              "model's own (LlamaGen c2i 2000 / t2i 1000, Emu3 2048, "
+                                                              "else off).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1]; default: the "
+                                                                "model's own (off).")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail instead of warning when sampling settings "
                                                           "defeat the watermark.")] = False,
     erased: Annotated[Path | None, typer.Option("--erased", help="Erasure delta (from `guard erase train`): generate "
@@ -103,13 +115,16 @@ def generate(
             raise ConfigError("--delta and --hard are exclusive: --hard replaces the soft bias")
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
         _prepare_out(out)
-        gen = load(model)
+        gen = load(model, device=device, dtype=dtype.value if dtype is not None else None)
         if erased is not None:
             from ..erasure import load_erased
 
             gen = load_erased(gen, erased)
         tok = gen.tokenizer
+        geometry = Geometry.of(tok).to_json()
         wm_key = resolve_key(key, tok, log=info)
+        settings = sampling_settings(gen, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p)
+        cfg, temperature, top_k, top_p = (settings[k] for k in ("cfg", "temperature", "top_k", "top_p"))
         proc = WatermarkProcessor(GreenLists(wm_key, tok), delta=2.0 if delta is None else delta, hard=hard,
                                   seed=seed, strict=strict)
         with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +133,8 @@ def generate(
         for w in caught:
             info(f"warning: {w.message}")
         signer = _open_signer(sign, sign_key, tsa)
-        info(f"generating {len(prompts) * n} image(s) with {gen.id} ({'hard' if hard else f'delta={proc.delta}'})")
+        info(f"generating {len(prompts) * n} image(s) with {gen.id} ({'hard' if hard else f'delta={proc.delta}'}; "
+             f"cfg {cfg:g}, temperature {temperature:g}, top-k {top_k or 'off'}, top-p {top_p or 'off'})")
         codes = gen.generate(prompts, n=n, seed=seed, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p,
                              logits_processor=[proc])
         images = tok.decode(codes)
@@ -140,7 +156,7 @@ def generate(
                     file=name, mode="generate", index=i, prompt=p, model=gen.id, tokenizer_id=tok.id,
                     key_id=rec["key_id"], list_index=rec["list_indices"][i] if i < len(rec["list_indices"]) else None,
                     hard=rec["hard"], delta=rec["delta"], applied=rec["applied"], seed=seed, cfg=cfg,
-                    temperature=temperature, top_k=top_k, top_p=top_p,
+                    temperature=temperature, top_k=top_k, top_p=top_p, geometry=geometry,
                     c2pa_signer=signer.material.signer_name if signer is not None else None)
                 mf.write(row.to_json() + "\n")
                 typer.echo(str(out / name))
@@ -161,6 +177,8 @@ def posthoc(
                                                                "below it are not kept.")] = 30.0,
     max_iters: Annotated[int, typer.Option("--max-iters", min=1, help="At most this many swap rounds.")] = 5,
     model: ModelOpt = "reference",
+    tokenizer: Annotated[str | None, typer.Option("--tokenizer", help=TOKENIZER_HELP)] = None,
+    device: DeviceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 64,
 ) -> None:
     """Watermark existing images: swap red codes for their nearest green codes, keep PSNR above a floor."""
@@ -173,12 +191,13 @@ def posthoc(
     failed = 0
     with exit_on_error():
         _prepare_out(out)
-        tok = load_tokenizer(model)
+        tok = load_tokenizer(resolve_model(model, tokenizer), device=device)
         wm_key = resolve_key(key, tok, log=info)
         gl = GreenLists(wm_key, tok)
         signer = _open_signer(sign, sign_key, tsa)
         size = tok.image_size
-        base = dict(mode="posthoc", key_id=wm_key.key_id, tokenizer_id=tok.id, min_psnr=min_psnr)
+        base = dict(mode="posthoc", key_id=wm_key.key_id, tokenizer_id=tok.id, min_psnr=min_psnr,
+                    geometry=Geometry.of(tok).to_json())
         with open(out / MANIFEST_NAME, "w", encoding="utf-8") as mf:
             for start in range(0, len(images), batch_size):
                 chunk = list(enumerate(images[start:start + batch_size], start))

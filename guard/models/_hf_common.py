@@ -20,7 +20,7 @@ import torch
 from ..errors import ConfigError, ModelError
 from .base import check_sampling_args
 
-__all__ = ["checkpoint_dir", "offline", "weights_digest", "load_prefixed_state", "pick_device", "pick_dtype",
+__all__ = ["checkpoint_dir", "janus_release_message", "published_defaults", "offline", "weights_digest", "load_prefixed_state", "pick_device", "pick_dtype",
            "seeded", "PixelRange", "check_sampling_args", "config_id", "HFVQTokenizer"]
 
 
@@ -45,9 +45,53 @@ def checkpoint_dir(path: str | os.PathLike, model_type: str, spec: str) -> Path:
         found = json.loads(cfg.read_text()).get("model_type")
     except (OSError, json.JSONDecodeError, AttributeError) as e:
         raise ModelError(f"{cfg} is unreadable ({type(e).__name__})") from None
+    if found == "multi_modality" and model_type == "janus":
+        raise ModelError(janus_release_message(p))
     if found != model_type:
-        raise ModelError(f"{p} holds a {found!r} checkpoint, not {model_type!r}; use the matching --model prefix")
+        hint = {"janus": "janus:PATH", "emu3": "emu3:PATH[@SIZE]"}.get(str(found))
+        raise ModelError(f"{p} holds a {found!r} checkpoint, not {model_type!r}; "
+                         + (f"load it with --model {hint}" if hint else f"guard's {model_type} adapter cannot load it"))
     return p
+
+
+JANUS_CONVERTER = "src/transformers/models/janus/convert_janus_weights_to_hf.py"
+
+
+def janus_release_message(path: Path) -> str:
+    """One line for a Janus folder in DeepSeek's original release format (`model_type: multi_modality`).
+
+    transformers ships the conversion as a script in its source tree only (no mapping in the installed
+    package that could convert at load time), so the message names the exact command to run once.
+    """
+    import transformers
+
+    out = f"{path}-hf"
+    return (f"{path} is Janus in DeepSeek's original release format (model_type 'multi_modality'), which "
+            f"transformers {transformers.__version__} cannot load; convert it once with transformers' script (in a "
+            f"transformers {transformers.__version__} source checkout, with accelerate installed): python "
+            f"{JANUS_CONVERTER} --repo_id deepseek-ai/Janus-Pro-1B --local_dir {path} --output_dir {out} "
+            f"--safe_serialization   then use --model janus:{out}")
+
+
+def published_defaults(model: Any, published: dict) -> dict:
+    """Sampling defaults (cfg, temperature, top_k, top_p): what the checkpoint's generation_config.json sets
+    explicitly (`guidance_scale`, `temperature`, `top_k`, `top_p`), else the model's published defaults."""
+    gc = getattr(model, "generation_config", None)
+    try:
+        set_here = gc.to_diff_dict() if gc is not None else {}
+    except (AttributeError, TypeError, ValueError):
+        set_here = {}
+    out = dict(published)
+    for ours, theirs in (("cfg", "guidance_scale"), ("temperature", "temperature"), ("top_k", "top_k"),
+                         ("top_p", "top_p")):
+        v = set_here.get(theirs)
+        if v is not None:
+            out[ours] = v
+    if out.get("top_k") == 0:
+        out["top_k"] = None
+    if out.get("top_p") == 1.0:
+        out["top_p"] = None
+    return out
 
 
 @contextlib.contextmanager

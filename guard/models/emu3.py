@@ -17,8 +17,10 @@ entries named `<|visual token NNNNNN|>`, rows end with an EOL token (`<|extra_20
 
 The image size is not stored in a checkpoint (Emu3-Gen's default is 720 x 720 = 90 x 90 tokens); pick
 another with the spec `emu3:PATH@SIZE` (a multiple of the VQ's factor, 8) or `load_emu3(path, image_size=)`.
-Images are square (ratio 1:1): guard's `Tokenizer` has one `image_size`. Detect with the same SIZE you
-generated with: the detector resizes every image to it before re-encoding.
+Images are square (ratio 1:1): guard's `Tokenizer` has one `image_size`. A key made with `emu3:PATH@SIZE`
+binds that size (its `Geometry`) and the manifest records it; detecting with another size (e.g. the default
+720 for a 64 px key) is refused in one line naming the `@SIZE` to use, instead of re-encoding the image on
+another grid. Images of another pixel size are resized to SIZE first (`guard.imageio`; the record says so).
 
     >>> from guard.models import load
     >>> gen = load("emu3:/models/Emu3-Gen-hf@512")                      # doctest: +SKIP
@@ -37,13 +39,16 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ._hf_common import (HFGenerator, HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir,
-                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, published_defaults, seeded,
+                         weights_digest)
 from .registry import ModelKind
 
 __all__ = ["Emu3Tokenizer", "Emu3Generator", "KIND", "VisualTokenMap", "load_emu3", "load_emu3_tokenizer", "DEFAULT_IMAGE_SIZE",
            "parse_spec_path"]
 
 DEFAULT_IMAGE_SIZE = 720
+PUBLISHED = {"cfg": 3.0, "temperature": 1.0, "top_k": 2048, "top_p": None}
+"""Emu3-Gen's own sampling (BAAI's image-generation example: classifier_free_guidance 3.0, top_k 2048)."""
 EOL_TOKEN, EOF_TOKEN = "<|extra_200|>", "<|extra_201|>"
 _VISUAL = re.compile(r"^<\|visual token (\d+)\|>$")
 _VQ_PREFIXES = ("model.vqmodel.", "vqmodel.")
@@ -373,12 +378,14 @@ def load_emu3(path: str | os.PathLike, *, image_size: int | None = None, device:
                           int(model.config.text_config.vocab_size))
     tokenizer = Emu3Tokenizer(vq, image_size=size, pixels=PixelRange.from_image_processor(processor.image_processor),
                               digest=weights_digest(vq))
-    return Emu3Generator(model, processor, tokenizer, vmap, f"emu3@{config_id(ckpt)[:12]}", batch_size=batch_size)
+    gen = Emu3Generator(model, processor, tokenizer, vmap, f"emu3@{config_id(ckpt)[:12]}", batch_size=batch_size)
+    gen.sampling_defaults = published_defaults(model, PUBLISHED)
+    return gen
 
 
 KIND = ModelKind(
     name="emu3", spec="emu3:PATH[@SIZE]",
-    load=lambda path, spec: load_emu3(path, spec=spec),
-    load_tokenizer=lambda path, spec: load_emu3_tokenizer(path, spec=spec),
-    owns=lambda generator: isinstance(generator, Emu3Generator))
+    load=lambda path, spec, **opts: load_emu3(path, spec=spec, **opts),
+    load_tokenizer=lambda path, spec, **opts: load_emu3_tokenizer(path, spec=spec, **opts),
+    owns=lambda generator: isinstance(generator, Emu3Generator), load_options=("device", "dtype"))
 """The `emu3` model kind: generator and tokenizer (no EAR, steering, prompts or judge yet)."""

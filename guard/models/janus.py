@@ -36,12 +36,15 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ModelError
 from ._hf_common import (HFGenerator, HFVQTokenizer, PixelRange, check_sampling_args, checkpoint_dir,
-                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, seeded, weights_digest)
+                         config_id, load_prefixed_state, offline, pick_device, pick_dtype, published_defaults, seeded,
+                         weights_digest)
 from .registry import ModelKind
 
 __all__ = ["JanusTokenizer", "JanusGenerator", "KIND", "load_janus", "load_janus_tokenizer", "LAYOUTS"]
 
 LAYOUTS = ("2B", "B")
+PUBLISHED = {"cfg": 5.0, "temperature": 1.0, "top_k": None, "top_p": None}
+"""Janus-Pro's own sampling (DeepSeek's generation example: cfg_weight 5, temperature 1, no top-k/top-p)."""
 _VQ_PREFIXES = ("model.vqmodel.", "vqmodel.")
 
 
@@ -345,7 +348,9 @@ def load_janus(path: str | os.PathLike, *, device: str | torch.device | None = N
     vq = model.model.vqmodel
     tokenizer = JanusTokenizer(vq, pixels=PixelRange.from_image_processor(processor.image_processor),
                                digest=weights_digest(vq))
-    return JanusGenerator(model, processor, tokenizer, f"janus@{config_id(ckpt)[:12]}", batch_size=batch_size)
+    gen = JanusGenerator(model, processor, tokenizer, f"janus@{config_id(ckpt)[:12]}", batch_size=batch_size)
+    gen.sampling_defaults = published_defaults(model, PUBLISHED)
+    return gen
 
 
 def _ear_model(generator: JanusGenerator):
@@ -362,8 +367,8 @@ def _concept_stream(generator: JanusGenerator):
 
 KIND = ModelKind(
     name="janus", spec="janus:PATH",
-    load=lambda path, spec: load_janus(path, spec=spec),
-    load_tokenizer=lambda path, spec: load_janus_tokenizer(path, spec=spec),
+    load=lambda path, spec, **opts: load_janus(path, spec=spec, **opts),
+    load_tokenizer=lambda path, spec, **opts: load_janus_tokenizer(path, spec=spec, **opts),
     owns=lambda generator: isinstance(generator, JanusGenerator),
-    ear_model=_ear_model, concept_stream=_concept_stream)
+    ear_model=_ear_model, concept_stream=_concept_stream, load_options=("device", "dtype"))
 """The `janus` model kind: generator, tokenizer, EAR and steering (no prompts or judge of its own)."""

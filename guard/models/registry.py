@@ -47,7 +47,8 @@ CAPABILITIES: dict[str, str] = {
 """Capability name -> what it is, in the words of the error a missing one raises."""
 
 _BUILTIN: dict[str, str] = {"reference": "guard.models.reference.kind", "janus": "guard.models.janus",
-                            "emu3": "guard.models.emu3",
+                            "emu3": "guard.models.emu3", "llamagen": "guard.models.llamagen",
+                            "factory": "guard.models.factory",
                             "var": "guard.models.var"}
 """Built-in kinds and the module whose `KIND` declares each (imported on first use)."""
 
@@ -63,6 +64,8 @@ class ModelKind:
         load_tokenizer: `(path, spec) -> Tokenizer`; None loads the generator and takes its tokenizer.
         owns: `generator -> bool`, whether a generator object is of this kind (for `kind_of`).
         ear_model, concept_stream, prompts, judge: see the module docstring.
+        load_options: keyword options `load` and `load_tokenizer` accept beyond (path, spec), e.g.
+            ("device", "dtype"); `guard.models.load` refuses others in one line.
     """
 
     name: str
@@ -74,6 +77,7 @@ class ModelKind:
     concept_stream: Callable[[Any], Any] | None = None
     prompts: Callable[[], Any] | None = None
     judge: Callable[[], Any] | None = None
+    load_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier():

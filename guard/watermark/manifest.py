@@ -51,6 +51,8 @@ class ManifestRow:
         resized_from: posthoc: the input's [width, height] after EXIF orientation when it was cropped or
             resized to the tokenizer's size (`guard.imageio` policy), else None.
         c2pa_signer: the Content Credentials signer's name when the PNG was signed, else None.
+        geometry: the tokenizer's geometry the codes live in (`guard.keys.Geometry.to_json()`: image_size,
+            grid, vocab_size, scales); detection must read images at it.
         error: None, or one line saying why the input could not be read (posthoc).
     """
 
@@ -78,6 +80,7 @@ class ManifestRow:
     iterations: int | None = None
     resized_from: list[int] | None = None
     c2pa_signer: str | None = None
+    geometry: dict | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
