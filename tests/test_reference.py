@@ -283,3 +283,31 @@ def test_gpt_training_resumes_exactly_where_it_stopped(tmp_path):
     assert outs[0].keys() == outs[1].keys()
     for k in outs[0]:
         assert torch.equal(outs[0][k], outs[1][k]), k
+
+
+def test_kv_cache_sampling_matches_teacher_forcing_and_the_list_cache():
+    """Greedy sampling through the preallocated KV cache picks, at every position, the argmax of the
+    teacher-forced logits of the sequence it produced (cfg 1), and a list cache gives the same hidden states."""
+    from guard.models.reference.gpt import GPTConfig, KVCache, ShapesGPT, tokenize_prompts
+
+    torch.manual_seed(0)
+    gpt = ShapesGPT(GPTConfig(vocab_size=64, n_image_tokens=12, d_model=32, n_layer=2, n_head=4)).eval()
+    text = tokenize_prompts(["a big red disc in the upper left on grass", "a small blue star on wood"])
+    codes = gpt.sample(text, cfg_scale=1.0, temperature=0.0)
+    with torch.no_grad():
+        forced = gpt(text, codes).argmax(-1)
+        assert torch.equal(forced, codes)
+        x = gpt.embed_prefix(text)
+        kv, lst = KVCache(2, 2, 4, x.shape[1] + 1, 8), [None, None]
+        a, b = x, x
+        for i, blk in enumerate(gpt.blocks):
+            a, b = blk(a, kv, i), blk(b, lst, i)
+        torch.testing.assert_close(a, b)
+        step = gpt.embed_codes(codes[:, 0])[:, None]
+        for i, blk in enumerate(gpt.blocks):
+            step_kv = blk(step, kv, i)
+            step_list = blk(step, lst, i)
+            torch.testing.assert_close(step_kv, step_list)
+            step = step_kv
+        with pytest.raises(ValueError, match="KV cache holds"):
+            gpt.blocks[0](gpt.embed_codes(codes[:, :1]), kv, 0)
