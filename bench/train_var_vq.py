@@ -3,10 +3,11 @@ can be tested through the `var:` adapter: random VQ weights do not re-encode the
 
     OMP_NUM_THREADS=1 python bench/train_var_vq.py --minutes 6 --out guard/models/weights/var_tiny
 
-Config (sized for a few minutes on one contended CPU thread): reference scenes (guard.models.reference.shapes)
-area-downsampled to 32 px; ch 32, ch_mult (1, 2) (downsample 2 instead of the released 16, so the latent is
-16x16 and the pyramid is VAR's own 1,2,3,4,5,6,8,10,13,16 = 680 tokens), one ResnetBlock per level, no
-attention blocks, 512 codes of width 16, 4 partially shared Φ. Loss: L2 + L1 reconstruction plus
+Config (sized for a few CPU-minutes on one heavily shared thread): reference scenes
+(guard.models.reference.shapes) area-downsampled to 16 px; ch 32, a single level (ch_mult (1,): no
+downsampling instead of the released 16x, so the latent is 16x16 and the pyramid is VAR's own
+1,2,3,4,5,6,8,10,13,16 = 680 tokens), one ResnetBlock, no attention blocks, 512 codes of width 16, 4
+partially shared Φ. Loss: L2 + L1 reconstruction plus
 VAR's multi-scale VQ loss; dead codes are re-seeded from latents every 50 steps. Writes `vae_tiny.pth`
 (float16 state dict in the released layout) and `card.json` (command, steps, wall time, metrics).
 """
@@ -27,9 +28,9 @@ from guard.models.reference.shapes import render, sample_scene
 from guard.models.var import OFFICIAL_PATCH_NUMS, VQVAE, VARTokenizer
 from guard.models._hf_common import weights_digest
 
-CONFIG = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, using_sa=False,
+CONFIG = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1,), num_res_blocks=1, using_sa=False,
               using_mid_sa=False, v_patch_nums=OFFICIAL_PATCH_NUMS)
-SIZE = 32
+SIZE = 16
 
 
 def scenes(start: int, n: int, split: str = "train") -> torch.Tensor:
@@ -75,7 +76,8 @@ def main() -> None:
                 dead = (hits == 0).nonzero().flatten()
                 if len(dead):
                     f = vq.quant_conv(vq.encoder(x)).permute(0, 2, 3, 1).reshape(-1, book.shape[1])
-                    book.data[dead] = f[torch.randint(len(f), (len(dead),))] + 0.01 * torch.randn(len(dead), book.shape[1])
+                    noise = 0.01 * torch.randn(len(dead), book.shape[1])
+                    book.data[dead] = f[torch.randint(len(f), (len(dead),))] + noise
                 hits.zero_()
         if step % 100 == 0:
             print(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - t1:.0f}s", file=sys.stderr, flush=True)

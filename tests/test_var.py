@@ -123,13 +123,15 @@ def test_soft_mode_raises_the_green_share_at_every_scale(gen, lists):
 
 def test_detection_view_counts_only_the_chosen_scales(ckpt, gen, lists):
     view = load_tokenizer(f"var:{ckpt}@last2")
-    assert view.detect_scales == (2, 3) and view.grid == (1, 9 + 16) and view.id == gen.tokenizer.id
+    assert view.detect_scales == (2, 3) and view.n_counted == 9 + 16
+    assert view.grid == gen.tokenizer.grid == (1, L) and view.id == gen.tokenizer.id    # the key's geometry
     images = gen.tokenizer.decode(gen.generate(["1"], seed=0))
     full = gen.tokenizer.encode(images)
     assert torch.equal(view.encode(images), full[:, :, 1 + 4:])
     with pytest.raises(ConfigError, match="cannot decode"):
         view.decode(full)
-    rec = Detector(lists, view, provenance=False).detect_images(images)[0]
+    rec = Detector([GreenLists(WatermarkKey.create(gen.tokenizer), view)], view, provenance=False
+                   ).detect_images(images)[0]
     assert rec.n_tokens == 25
     with pytest.raises(ConfigError, match="detect scales"):
         gen.tokenizer.view("last9")
@@ -202,6 +204,11 @@ def test_cli_keygen_generate_detect_on_codes_path(tmp_path, ckpt, monkeypatch):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(row["applied"] and row["hard"] for row in rows)
+    for spec, n_tokens in ((f"var:{ckpt}", L), (f"var:{ckpt}@last2", 25)):
+        r = runner.invoke(app, ["detect", "folder", str(out), "--model", spec, "--key", str(key)])
+        assert r.exit_code in (0, 1), r.output          # random VQ: PNGs are not re-encoded faithfully
+        recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        assert len(recs) == 4 and all(rec["n_tokens"] == n_tokens and rec["error"] is None for rec in recs)
     r = runner.invoke(app, ["watermark", "generate", "--model", f"var:{ckpt}", "--key", str(key),
                             "--prompt", "a red fox", "--out", str(tmp_path / "wm2")])
     assert r.exit_code == 2 and "class-conditional" in r.output

@@ -662,7 +662,8 @@ class VARTokenizer:
         digest: SHA-256 of its weights.
         detect_scales: which scales `encode` returns for detection — 'all' (default), 'last', 'lastN' or
             scale indices ('7,8,9'); in a spec: `var:PATH@last3`. With anything but 'all' the tokenizer is a
-            detection view: `encode` returns (B, 1, n) with n = Σ pn² over those scales and `decode` refuses.
+            detection view: `encode` returns (B, 1, n) with n = Σ pn² over those scales (`n_counted`) and
+            `decode` refuses; `grid` stays (1, L), so keys made for `var:PATH` are accepted.
         batch_size: images per encoder/decoder call.
 
     The `id` hashes the VQ weights and the scales (patch_nums), not `detect_scales`: every view re-quantises
@@ -700,8 +701,15 @@ class VARTokenizer:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """(1, tokens counted): the whole pyramid (1, L), or the detection view's scales."""
-        return (1, sum(self.scales[s] ** 2 for s in self.detect_scales))
+        """(1, L): the whole pyramid, the geometry a key binds (with `scales`), the same for every view.
+
+        A detection view's `encode` returns only its n = `n_counted` of these L positions."""
+        return (1, self.n_tokens)
+
+    @property
+    def n_counted(self) -> int:
+        """Tokens per image that detection counts (L for the full tokenizer)."""
+        return sum(self.scales[s] ** 2 for s in self.detect_scales)
 
     def view(self, detect_scales: str | Sequence[int]) -> "VARTokenizer":
         """The same VQ counting other scales (shares the module)."""
