@@ -32,6 +32,7 @@ from typing import Any
 
 from ._files import temp_beside
 from .errors import ConfigError, KeyFileError
+from .models.base import check_tokenizer_protocol
 
 __all__ = ["SCHEME", "MAX_LISTS", "MIN_CODES_PER_SIDE", "Geometry", "WatermarkKey", "check_tokenizer_protocol",
            "default_key_path", "load_or_create_default", "resolve_key", "resolve_keys"]
@@ -45,25 +46,7 @@ _MAC_PREFIX = b"guard/key-mac/v1/"
 _META_FIELDS = ("created", "gamma", "key_id", "n_lists", "scheme", "tokenizer_id", "vocab_size")
 
 
-_REQUIRED = ("id", "vocab_size", "grid", "image_size", "encode", "decode")
 _KEY_NEEDS = ("id", "vocab_size", "grid", "image_size")
-
-
-def check_tokenizer_protocol(tokenizer: Any, need: tuple[str, ...] = _REQUIRED) -> None:
-    """Raise ConfigError (one line) unless `tokenizer` has the attributes `need` of guard's `Tokenizer` protocol.
-
-    The protocol requires `id`, `vocab_size`, `grid`, `image_size`, `encode`, `decode`; `alive` (None when
-    absent: plain green lists), `embeddings` (post-hoc marking only) and `scales` (multi-scale tokenizers)
-    are optional. Keys need only the first four (what they bind).
-    """
-    missing = [a for a in need if not hasattr(tokenizer, a)]
-    if missing:
-        raise ConfigError(f"{type(tokenizer).__name__} is not a guard Tokenizer: it lacks {', '.join(missing)} "
-                          f"(needed: {', '.join(_REQUIRED)}; optional: alive, embeddings, scales; see "
-                          f"guard.models.Tokenizer)")
-    for a in ("encode", "decode"):
-        if a in need and not callable(getattr(tokenizer, a)):
-            raise ConfigError(f"{type(tokenizer).__name__}.{a} must be a method, got {type(getattr(tokenizer, a)).__name__}")
 
 
 @dataclass(frozen=True)

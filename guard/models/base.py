@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -162,3 +162,23 @@ def check_sampling_args(prompts: Sequence[str], n: int, cfg: float, temperature:
     if not prompts and not allow_empty:
         raise ConfigError("prompts is empty; give at least one prompt")
     return [p for p in prompts for _ in range(n)]
+
+
+_REQUIRED = ("id", "vocab_size", "grid", "image_size", "encode", "decode")
+
+
+def check_tokenizer_protocol(tokenizer: Any, need: tuple[str, ...] = _REQUIRED) -> None:
+    """Raise ConfigError (one line) unless `tokenizer` has the attributes `need` of guard's `Tokenizer` protocol.
+
+    The protocol requires `id`, `vocab_size`, `grid`, `image_size`, `encode`, `decode`; `alive` (None when
+    absent: plain green lists), `embeddings` (post-hoc marking only) and `scales` (multi-scale tokenizers)
+    are optional. Keys need only the first four (what they bind).
+    """
+    missing = [a for a in need if not hasattr(tokenizer, a)]
+    if missing:
+        raise ConfigError(f"{type(tokenizer).__name__} is not a guard Tokenizer: it lacks {', '.join(missing)} "
+                          f"(needed: {', '.join(_REQUIRED)}; optional: alive, embeddings, scales; see "
+                          f"guard.models.Tokenizer)")
+    for a in ("encode", "decode"):
+        if a in need and not callable(getattr(tokenizer, a)):
+            raise ConfigError(f"{type(tokenizer).__name__}.{a} must be a method, got {type(getattr(tokenizer, a)).__name__}")

@@ -60,7 +60,7 @@ def call_factory(target: str) -> Any:
 
 
 def _tokenizer_of(made: Any, target: str) -> Any:
-    from ..keys import check_tokenizer_protocol
+    from .base import check_tokenizer_protocol
 
     tok = made.tokenizer if hasattr(made, "generate") and hasattr(made, "tokenizer") else made
     try:
