@@ -114,10 +114,12 @@ def _strip(rec) -> dict:
 # ---------------------------------------------------------------------------------------------- tests
 
 def test_record_fields_are_design_fields_plus_resize():
+    from guard.detect.fingerprint import FINGERPRINT_FIELDS   # DESIGN §13 additions (issue 20)
     from guard.provenance import PROVENANCE_FIELDS   # DESIGN §12 additions (issue 10)
 
-    assert [f for f in RECORD_FIELDS if f != "resize" and f not in PROVENANCE_FIELDS] == DESIGN_FIELDS
-    assert "resize" in RECORD_FIELDS and set(PROVENANCE_FIELDS) <= set(RECORD_FIELDS)
+    added = {*PROVENANCE_FIELDS, *FINGERPRINT_FIELDS, "resize"}
+    assert [f for f in RECORD_FIELDS if f not in added] == DESIGN_FIELDS
+    assert added <= set(RECORD_FIELDS)
 
 
 def test_generated_codes_are_detected_with_the_right_list():

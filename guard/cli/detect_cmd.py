@@ -6,13 +6,16 @@
     guard calibrate clean_photos/ --key my.key --out-plot qq.png
     guard detect folder uploads/ --key my.key --engine ray --num-workers 8 --out results.jsonl   # Ray Data
     guard detect manifest uploads.parquet --key my.key --engine ray --address auto --out results.jsonl
+    guard calibrate --fingerprint real_photos/ --out calib.json       # key-free: scores of real images
+    guard detect folder uploads/ --fingerprint calib.json --out results.jsonl      # with or without --key
 
 Records go to stdout (or --out), one per image, flushed batch by batch; logs and progress go to stderr
 (rich progress only on a TTY). Exit codes (`guard.errors.ExitCode`), independent of --format: 0 some image
-watermarked; 1 none; 2 usage, config, model or key error; 3 some files could not be read (their error rows
-are written and the rest is scanned; 3 takes precedence over 0 and 1); 4 internal error. Ctrl-C stops after
-the current batch: the rows written stay complete and `--resume` continues where the scan stopped (exit
-130); a second Ctrl-C aborts at once (the unfinished batch is not written).
+watermarked (or, with --fingerprint, a fingerprint hit); 1 none; 2 usage, config, model or key error; 3 some
+files could not be read (their error rows are written and the rest is scanned; 3 takes precedence over 0 and
+1); 4 internal error. Ctrl-C stops after the current batch: the rows written stay complete and `--resume`
+continues where the scan stopped (exit 130); a second Ctrl-C aborts at once (the unfinished batch is not
+written).
 
 `--out` never names an input, a key, the trust anchors or the path list; it is held under an exclusive
 lock while the scan runs (a second scan on it exits 2), and its settings go to `<out>.settings.json`,
@@ -85,6 +88,14 @@ AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray cluster t
                                                                    "cluster on this machine's cores. --engine ray.")]
 NumWorkersOpt = Annotated[int | None, typer.Option("--num-workers", min=1, help="Detection actors (--engine ray; "
                                                                                  "default: the cluster's CPUs).")]
+FingerprintOpt = Annotated[list[Path] | None, typer.Option(
+    "--fingerprint", help="Fingerprint calibration file (from `guard calibrate --fingerprint REAL_DIR --out FILE`): "
+                          "key-free detection of images decoded by that tokenizer (fingerprint_* fields). Repeat "
+                          "for several tokenizers: the record names the closest, its p corrected for the number "
+                          "compared. With or without --key.")]
+FingerprintAlphaOpt = Annotated[float, typer.Option(
+    "--fingerprint-alpha", help="Fingerprint hit when the corrected fingerprint p <= this (the smallest p is "
+                                "m/(n+1) for m calibrations of n real images).")]
 ShardFormatOpt = Annotated[ShardFormat, typer.Option("--shard-format", help="Format of the per-chunk shards in "
                                                                              "OUT.shards/ (--engine ray).")]
 
@@ -107,6 +118,8 @@ class ScanOptions:
     model: str = "reference"
     tokenizer: str | None = None
     trust_anchors: Path | None = None
+    fingerprint: list[Path] | None = None
+    fingerprint_alpha: float = 1e-2
     engine: Engine = Engine.local
     address: str | None = None
     num_workers: int | None = None
@@ -115,7 +128,8 @@ class ScanOptions:
 
 _SCAN_OPTION_TYPES = {"key": KeysOpt, "format": FormatOpt, "out": OutOpt, "alpha": AlphaOpt, "search": SearchOpt,
                       "test": TestOpt, "resume": ResumeOpt, "workers": WorkersOpt, "batch_size": BatchOpt,
-                      "model": ModelOpt, "tokenizer": TokenizerOpt, "trust_anchors": TrustAnchorsOpt, "engine": EngineOpt,
+                      "model": ModelOpt, "tokenizer": TokenizerOpt, "trust_anchors": TrustAnchorsOpt,
+                      "fingerprint": FingerprintOpt, "fingerprint_alpha": FingerprintAlphaOpt, "engine": EngineOpt,
                       "address": AddressOpt, "num_workers": NumWorkersOpt, "shard_format": ShardFormatOpt}
 RAY_OPTIONS = ("engine", "address", "num_workers", "shard_format")
 
@@ -149,12 +163,18 @@ def scan_command(name: str, *, without: tuple[str, ...] = ()) -> Callable[[Calla
 def _detector(opts: ScanOptions):
     """(spec, detector) from the one builder every engine uses (`guard.detect.DetectorSpec`)."""
     from ..detect import DetectorSpec
-    from ..keys import resolve_keys
+    from ..detect.fingerprint import FingerprintCalibration
+    from ..keys import default_key_path, resolve_keys
     from ..provenance import ManifestReader
 
-    keys = tuple(resolve_keys(opts.key, log=info))
+    cals = tuple(FingerprintCalibration.load(p) for p in opts.fingerprint or ())
+    if cals and not opts.key and not default_key_path().exists():
+        keys: tuple = ()                  # key-free detection only
+    else:
+        keys = tuple(resolve_keys(opts.key, log=info))
     spec = DetectorSpec(keys=keys, model=resolve_model(opts.model, opts.tokenizer), test=opts.test.value, alpha=opts.alpha, search=opts.search,
-                        batch_size=opts.batch_size, provenance=ManifestReader(opts.trust_anchors))
+                        batch_size=opts.batch_size, provenance=ManifestReader(opts.trust_anchors),
+                        fingerprints=cals, fingerprint_alpha=opts.fingerprint_alpha)
     det = spec.build()
     info(spec.describe(det) + (f"; engine ray ({opts.address or 'local cluster'})" if opts.engine is Engine.ray
                                else ""))
@@ -204,7 +224,8 @@ def _protected(opts: ScanOptions) -> list[tuple[str, Path | None]]:
     from ..keys import default_key_path
 
     return [*(("the key file", k) for k in (opts.key or [default_key_path()])),
-            ("the trust anchors file", opts.trust_anchors)]
+            ("the trust anchors file", opts.trust_anchors),
+            *(("a fingerprint calibration file", f) for f in (opts.fingerprint or ()))]
 
 
 def _settings(opts: ScanOptions, det):
@@ -365,6 +386,8 @@ def image(
                        protected=[*_protected(opts), ("the --out file", opts.out)])
         refuse_clobber("--out", opts.out, inputs=paths, protected=_protected(opts))
         _, det = _detector(opts)
+        if not det.green_lists:
+            raise ConfigError("--heatmap draws the watermark's green/red tokens and needs a --key")
         with contextlib.ExitStack() as stack:
             if opts.out is None:
                 writer = _stdout_writer(opts.format)
@@ -383,7 +406,13 @@ def image(
 
 @app.command("calibrate")
 def calibrate(
-    directory: Annotated[Path, typer.Argument(help="Folder of clean (unwatermarked) images.")],
+    directory: Annotated[Path | None, typer.Argument(help="Folder of clean (unwatermarked) images.")] = None,
+    fingerprint: Annotated[Path | None, typer.Option(
+        "--fingerprint", help="Instead: folder of real images that never went through the tokenizer's decoder; "
+                              "writes their fingerprint scores to --out for key-free detection "
+                              "(`guard detect ... --fingerprint FILE`).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="The fingerprint calibration file to write "
+                                                           "(--fingerprint).")] = None,
     key: KeysOpt = None,
     out_plot: Annotated[Path | None, typer.Option("--out-plot", help="Write a QQ plot of the p-values (PNG).")] = None,
     test: TestOpt = Test.distinct,
@@ -394,11 +423,23 @@ def calibrate(
     batch_size: BatchOpt = 64,
     model: ModelOpt = "reference",
 ) -> None:
-    """Empirical false-positive rate at alpha 1e-1 … 1e-4 (Clopper–Pearson 95% CI) on clean images."""
+    """Empirical false-positive rate at alpha 1e-1 … 1e-4 (Clopper–Pearson 95% CI) on clean images; or, with
+    --fingerprint REAL_DIR --out FILE, the calibration of key-free detection."""
     from ..detect.calibrate import calibrate_paths, qq_plot
     from ..detect.scan import find_images
 
     with exit_on_error():
+        if fingerprint is not None:
+            if directory is not None or key or out_plot is not None:
+                raise ConfigError("--fingerprint REAL_DIR calibrates key-free detection and takes no DIR, --key or "
+                                  "--out-plot; run the watermark calibration separately")
+            raise typer.Exit(_calibrate_fingerprint(fingerprint, out, recursive=recursive, batch_size=batch_size,
+                                                    model=model, fmt=format))
+        if directory is None:
+            raise ConfigError("give DIR (clean images, watermark calibration) or --fingerprint REAL_DIR --out FILE")
+        if out is not None:
+            raise ConfigError("--out names the fingerprint calibration file (with --fingerprint); the watermark "
+                              "calibration prints its table (--format json for every p-value)")
         if out_plot is not None:
             _check_plot(out_plot)
         paths = find_images(directory, recursive=recursive, on_skip=info)
@@ -429,6 +470,62 @@ def calibrate(
                     typer.echo(f"{r.alpha:>8.0e} {name:>10} {r.n_positive:>10} {r.fpr:>10.2e} {ci:>24}  {note}")
         code = ExitCode.UNREADABLE if cal.n_errors else ExitCode.OK
     raise typer.Exit(code)
+
+
+def _absolute_spec(spec: str) -> str:
+    """A model spec whose path part names an existing file or folder, made absolute (the calibration file
+    then loads the same tokenizer from any working directory)."""
+    name, sep, rest = spec.partition(":")
+    if not rest:
+        return spec
+    head, at, tail = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not os.path.exists(head):
+        head, at, tail = rest, "", ""
+    return f"{name}:{os.path.abspath(head)}{at}{tail}" if os.path.exists(head) else spec
+
+
+def _calibrate_fingerprint(real_dir: Path, out: Path | None, *, recursive: bool, batch_size: int, model: str,
+                           fmt) -> int:
+    """`guard calibrate --fingerprint REAL_DIR --out FILE`; returns the exit code."""
+    import numpy as np
+
+    from ..detect.fingerprint import calibrate_fingerprint
+    from ..detect.scan import find_images
+    from ..models import load_tokenizer
+
+    if out is None:
+        raise ConfigError("--fingerprint needs --out FILE (the calibration file to write)")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name the calibration file (e.g. calib.json)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    paths = find_images(real_dir, recursive=recursive, on_skip=info)
+    info(f"{len(paths)} image files in {real_dir}")
+    if not paths:
+        raise ConfigError(f"no image files in {real_dir}")
+    refuse_clobber("--out", out, inputs=paths)
+    spec = _absolute_spec(model)
+    tok = load_tokenizer(spec)
+    with _progress(len(paths)) as adv:
+        cal = calibrate_fingerprint(tok, paths, model=spec, batch_size=batch_size, source=str(real_dir), on_batch=adv)
+    cal.save(out)
+    if cal.n_errors:
+        info(f"{cal.n_errors} files could not be read (skipped)")
+    if cal.n < 99:
+        info(f"warning: {cal.n} images: the smallest p-value is 1/(n+1) = {cal.min_p:.3g}, above 0.01; calibrate "
+             f"on at least 99 (better 1000+) real images")
+    q = np.quantile(np.asarray(cal.scores), [0.0, 0.01, 0.5, 0.99])
+    summary = {"out": str(out), "tokenizer_id": cal.tokenizer_id, "model": cal.model, "statistic": cal.statistic,
+               "n": cal.n, "n_errors": cal.n_errors, "min_p": cal.min_p, "score_min": q[0], "score_q01": q[1],
+               "score_median": q[2], "score_q99": q[3], "agreement_median": cal.agreement_median,
+               "resize_counts": cal.image_policy.get("resize_counts")}
+    if fmt is CalFormat.json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"fingerprint calibration of {cal.tokenizer_id} ({cal.statistic}) on {cal.n} real images -> {out}")
+        typer.echo(f"score min {q[0]:.3g}, 1% {q[1]:.3g}, median {q[2]:.3g}, 99% {q[3]:.3g}; smallest p 1/(n+1) = "
+                   f"{cal.min_p:.3g}; median code agreement {cal.agreement_median:.3f}")
+    return ExitCode.UNREADABLE if cal.n_errors else ExitCode.OK
 
 
 def _check_plot(out_plot: Path) -> None:

@@ -370,7 +370,8 @@ class Detector:
             resize=img.resize if img else None, key_id=None, tokenizer_id=self.tokenizer.id, test=self.test,
             n_tokens=None, n_distinct=None, n_green=None, list_index=None, transform=None, gamma=None,
             p_value_raw=None, p_value=None, log10_p=None, alpha=self.alpha, watermarked=False,
-            **empty_record_fields(), **empty_fields(), error=error, elapsed_ms=round(float(elapsed_ms), 3), guard_version=__version__)
+            **empty_record_fields(), **empty_fields(), error=error, elapsed_ms=round(float(elapsed_ms), 3),
+            guard_version=__version__)
         if fields_:
             base.update(fields_)
         if self.manifests is not None and img is not None and path is not None and error is None:
