@@ -172,6 +172,12 @@ def test_cli_generate_then_detect_folder_with_an_emu3_checkpoint(ckpt, tmp_path,
     assert len(records) == 2 and all(rec["error"] is None and rec["n_tokens"] == 64 for rec in records)
     r = runner.invoke(app, ["detect", "folder", str(out), "--model", f"emu3:{ckpt}@30"])
     assert r.exit_code == 2 and "multiple of 8" in r.stderr
+    # issue 19: the size is in the key and the manifest; the default @720 no longer re-encodes 64 px images
+    # on a 90x90 grid (8,100 tokens, p = 0.08) in silence: it is refused in one line naming @64
+    assert rows[0]["geometry"] == {"image_size": 64, "grid": [8, 8], "vocab_size": tok.vocab_size}
+    r = runner.invoke(app, ["detect", "folder", str(out), "--model", f"emu3:{ckpt}"])
+    assert r.exit_code == 2 and "@64" in r.stderr and "720 px, grid 90x90" in r.stderr
+    assert len(r.stderr.strip().splitlines()[-1]) > 40 and "Traceback" not in r.stderr
 
 
 def test_no_guidance_and_chunked_batches(emu3, lists):

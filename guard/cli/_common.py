@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ConfigError, ExitCode, GuardError, KeyFileError, ModelError
 
@@ -45,7 +46,7 @@ MODEL_SPECS = ("reference[:DIR]", "janus:PATH", "emu3:PATH[@SIZE]", "llamagen:DI
                "factory:package.module:callable")
 """Every built-in spec form, for --help (a test checks it against the registry)."""
 
-MODEL_HELP = ("Model spec: " + ", ".join(f"'{s}'" for s in MODEL_SPECS) + " (or a kind added with "
+MODEL_HELP = ("Model spec: " + ", ".join(f"'{escape(s)}'" for s in MODEL_SPECS) + " (or a kind added with "
               "guard.models.register_kind). PATH/DIR is a local checkpoint (never the hub); @SIZE the image size "
               "in pixels (emu3 default 720; llamagen default from the GPT file name, e.g. c2i_L_384.pt).")
 

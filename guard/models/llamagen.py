@@ -8,7 +8,7 @@ the two architectures from the official description (`tokenizer/tokenizer_image/
 load with `strict=True`; the shapes (widths, levels, codebook, layers, classes, caption width) are read
 from the tensors themselves. Nothing from the LlamaGen repository is imported.
 
-Spec: `llamagen:DIR[@SIZE]`. DIR holds one `vq_*.pt` and one `c2i_*.pt` or `t2i_*.pt`, and optionally
+Spec: `llamagen:DIR[@SIZE]` (`llamagen:tiny`: the tiny model shipped with guard). DIR holds one `vq_*.pt` and one `c2i_*.pt` or `t2i_*.pt`, and optionally
 `llamagen.json` (guard's card for the folder: `vq`, `gpt` file names, `image_size`, `n_head`,
 `codebook_l2_norm`, `t5` folder, `cfg`, `top_k`, `temperature`, `top_p`). The image size comes from
 `@SIZE`, else the card, else the GPT file name (`c2i_L_384.pt` -> 384). A folder with only a VQ is enough
@@ -895,7 +895,16 @@ def _split(path: str) -> tuple[str, int | None]:
     return path, None
 
 
+SHIPPED = Path(__file__).resolve().parent / "weights" / "llamagen-tiny"
+"""`llamagen:tiny`: a tiny LlamaGen-architecture VQ + c2i GPT trained on reference scenes (see its card.json)."""
+
+
 def _folder(path: str, spec: str) -> Path:
+    if path.strip() == "tiny" and not Path("tiny").exists():
+        if not (SHIPPED / "card.json").is_file():
+            raise ModelError(f"the tiny LlamaGen weights are not installed at {SHIPPED}; train them with "
+                             f"bench/train_llamagen_tiny.py --out {SHIPPED}")
+        return SHIPPED
     if not path.strip():
         raise ModelError(f"model spec {spec!r} has no path; use 'llamagen:/path/to/folder' (vq_*.pt and "
                          f"c2i_*.pt / t2i_*.pt)")
