@@ -280,3 +280,37 @@ def test_detector_spec_builds_without_keys(tok, images):
     assert all(r.flagged == r.fingerprint_hit for r in recs) and not any(r.watermarked for r in recs)
     with pytest.raises(ConfigError, match="at least one key or one fingerprint"):
         DetectorSpec(keys=()).build()
+
+
+# ---------------------------------------------------------------------------------------------- guard eval
+
+def test_eval_detector_fingerprint_folders(folders, calibs, tmp_path):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "--out", str(out), "-n", "4", "--mode", "folders", "--wm-dir",
+                            str(folders / "decoded"), "--clean-dir", str(folders / "probe"), "--detector", "fingerprint",
+                            "--fingerprint", str(calibs["real"]), "--attacks", "jpeg:90", "--no-plots",
+                            "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    by = {(a["attack"], a["param"]): a for a in summary["attacks"]}
+    none = by[("none", 0)]
+    assert none["auc"] == 1.0 and none["tpr_at_alpha_0.01"] == 0.0        # 1/21 > 0.01: no p can reach it
+    rows = [json.loads(line) for line in (out / "none__0" / "results.jsonl").read_text().splitlines()]
+    assert all(row["detector"] == "fingerprint" and row["fingerprint_p"] is not None for row in rows)
+    assert ("jpeg", 90) in by and by[("jpeg", 90)]["n_wm"] == 4
+    # a calibration file is required for folders; the watermark detector takes none
+    r = runner.invoke(app, ["eval", "--out", str(tmp_path / "e2"), "-n", "4", "--mode", "folders", "--wm-dir",
+                            str(folders / "decoded"), "--clean-dir", str(folders / "probe"), "--detector", "fingerprint"])
+    assert r.exit_code == 2 and "needs a calibration file" in _flat(r.stderr), r.output
+
+
+def test_eval_detector_fingerprint_soft_uses_rendered_negatives(tmp_path):
+    from guard.eval.harness import EvalConfig, run_eval
+
+    cfg = EvalConfig(out=tmp_path / "ev", n=2, mode="soft", detector="fingerprint", attacks=[], batch_size=2)
+    summary = run_eval(cfg, plots=False)
+    cal = FingerprintCalibration.load(tmp_path / "ev" / "fingerprint_calibration.json")
+    assert cal.n == 2
+    none = summary["attacks"][0]
+    assert none["attack"] == "none" and none["auc"] == 1.0       # generated images vs rendered scenes
+    assert not (tmp_path / "ev" / "populations" / "clean").exists()  # the negatives are rendered, not generated

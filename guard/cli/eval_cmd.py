@@ -3,6 +3,7 @@
     guard eval --out eval-soft -n 1000 --delta 2                       # summary operating points
     guard eval --out eval-hard -n 1000 --hard --grid full              # every attack strength
     guard eval --out eval-ph --mode posthoc -n 500 --attacks jpeg,crop:0.9|0.75
+    guard eval --out eval-fp --detector fingerprint --mode posthoc -n 1000 --attacks jpeg --grid full  # key-free
     guard eval spoof --out spoof --observed 10,100,1000 --lists 1,8,64
 
 Results go to --out (per-attack results.jsonl, report.csv, summary.json, roc.png, tpr_vs_strength.png,
@@ -29,6 +30,7 @@ app.add_typer(eval_app, name="eval")
 
 Mode = choices("Mode", "soft hard posthoc folders")
 Grid = choices("Grid", "summary full")
+DetectorKind = choices("DetectorKind", "watermark fingerprint")
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -117,6 +119,13 @@ def evaluate(
     clip: Annotated[str | None, typer.Option("--clip", help="CLIP judge 'clip:ARCH@PATH' (local open_clip weights): "
                                                             "report CLIPScore of watermarked vs clean images "
                                                             "(modes soft/hard).")] = None,
+    detector: Annotated[DetectorKind, typer.Option(
+        "--detector", help="watermark: the key's test; fingerprint: key-free detection (positives = the model's "
+                           "images, negatives = real images never decoded; see guard.eval.harness).")] =
+    DetectorKind.watermark,
+    fingerprint: Annotated[Path | None, typer.Option(
+        "--fingerprint", help="Fingerprint calibration file (--detector fingerprint; default: calibrate on n "
+                              "rendered scenes of the model kind).")] = None,
 ) -> None:
     """Generate (or read) watermarked and clean images, attack them, detect, and report TPR/FPR/AUC."""
     if ctx.invoked_subcommand is not None:
@@ -131,8 +140,10 @@ def evaluate(
         conf = EvalConfig(out=out, n=n, mode=m.value, delta=delta, key=key, gamma=gamma, n_lists=lists,
                           attacks=parse_attack_list(attacks, full=grid is Grid.full), alphas=_floats(alphas, "--alphas"),
                           test=test.value, search=search, seed=seed, cfg=cfg, batch_size=batch_size, min_psnr=min_psnr,
-                          wm_dir=wm_dir, clean_dir=clean_dir, model=model, clip=clip)
-        info(f"guard eval: {len(conf.attacks)} attack settings, n={n} per population, mode {m.value}, out {out}")
+                          wm_dir=wm_dir, clean_dir=clean_dir, model=model, clip=clip,
+                          detector=detector.value, fingerprint=fingerprint)
+        info(f"guard eval: {len(conf.attacks)} attack settings, n={n} per population, mode {m.value}, detector "
+             f"{detector.value}, out {out}")
         try:
             with _progress() as adv:
                 summary = run_eval(conf, progress=adv, plots=not no_plots)

@@ -17,6 +17,13 @@ Populations (`mode`): "soft" / "hard" generate N watermarked images with the ref
 generator and N clean ones from the same prompts and seeds; "posthoc" renders N held-out reference
 scenes and marks them post hoc (PSNR/SSIM recorded); "folders" reads `wm_dir` and `clean_dir`.
 
+Key-free detection (`detector="fingerprint"`, DESIGN §13): the "watermarked" population holds the model's
+images (the positives: generated in soft/hard, marked post hoc in posthoc, `wm_dir` in folders) and the
+"clean" population real images that never went through the decoder (the kind's rendered evaluation scenes
+in soft/hard/posthoc, `clean_dir` in folders). The conformal p of each attacked image is against a
+calibration of real images that are not attacked (`fingerprint` file, or `out/fingerprint_calibration.json`
+made from `n` other rendered scenes); TPR at alpha reads that p, the ROC (TPR@FPR, AUC) the score itself.
+
 Detection is `guard detect`'s own `Detector.detect_images` on the attacked pixels at 8-bit levels —
 the same numbers `guard detect` gives for the attacked image saved as PNG. Randomised attacks are
 paired: clean image i and watermarked image i get the same randomness. Everything is written chunk by
@@ -50,6 +57,7 @@ __all__ = ["EvalConfig", "run_eval", "summarize", "attack_metrics", "metric_colu
            "REPORT_KEYS", "SUMMARY_FAMILIES", "TARGETS", "generate_population", "eval_prompts", "padded_count"]
 
 MODES = ("soft", "hard", "posthoc", "folders")
+DETECTORS = ("watermark", "fingerprint")
 POPULATIONS = ("watermarked", "clean")
 SUMMARY_FAMILIES = {
     "valuemetric": (("jpeg", 25), ("blur", 9), ("noise", 0.1), ("brightness", 2.0)),
@@ -85,6 +93,9 @@ class EvalConfig:
         wm_dir, clean_dir: folders of images (mode "folders").
         clip: a CLIP judge spec `clip:ARCH@PATH` (local open_clip weights): adds the watermark's quality
             cost as CLIPScore of each population against its prompts (modes soft/hard) to the summary.
+        detector: "watermark" (the key's test) or "fingerprint" (key-free detection; see the module docstring).
+        fingerprint: a calibration file (`guard calibrate --fingerprint`) for detector "fingerprint"; None
+            calibrates on `n` rendered scenes of the model kind (needed in mode "folders").
     """
 
     out: Path
@@ -107,9 +118,20 @@ class EvalConfig:
     wm_dir: Path | None = None
     clean_dir: Path | None = None
     clip: str | None = None
+    detector: str = "watermark"
+    fingerprint: Path | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if self.fingerprint is not None and self.detector != "fingerprint":
+            raise ConfigError("a fingerprint calibration file is for detector 'fingerprint'")
+        if self.detector == "fingerprint" and self.clip is not None:
+            raise ConfigError("clip scores the watermark's quality cost; it has no meaning with detector 'fingerprint'")
+        if self.detector == "fingerprint" and self.mode == "folders" and self.fingerprint is None:
+            raise ConfigError("detector 'fingerprint' in mode 'folders' needs a calibration file of real images "
+                              "(guard calibrate --fingerprint REAL_DIR --out FILE; then --fingerprint FILE)")
         if self.clip is not None:
             from ..models.clip_judge import parse_clip_spec
 
@@ -159,7 +181,9 @@ class EvalConfig:
                 "model": self.model, "test": self.test, "search": self.search, "seed": self.seed, "cfg": self.cfg,
                 "batch_size": self.batch_size, "min_psnr": self.min_psnr if self.mode == "posthoc" else None,
                 "wm_dir": str(self.wm_dir) if self.wm_dir else None,
-                "clean_dir": str(self.clean_dir) if self.clean_dir else None}
+                "clean_dir": str(self.clean_dir) if self.clean_dir else None,
+                **({"detector": self.detector, "fingerprint": str(self.fingerprint) if self.fingerprint else None}
+                   if self.detector != "watermark" else {})}
 
 
 def _log(msg: str) -> None:
@@ -354,7 +378,9 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     cfg.out.mkdir(parents=True, exist_ok=True)
     key = resolve_key(cfg.key, tok, create_at=cfg.out / "eval.key", gamma=cfg.gamma, n_lists=cfg.n_lists, log=_log)
     gl = GreenLists(key, tok)
-    det = Detector(gl, tok, test=cfg.test, alpha=min(cfg.alphas), search=cfg.search, batch_size=cfg.batch_size)
+    fp = _fingerprinter(cfg, tok) if cfg.detector == "fingerprint" else None
+    det = Detector(gl, tok, test=cfg.test, alpha=min(cfg.alphas), search=cfg.search, batch_size=cfg.batch_size,
+                   fingerprints=fp)
     meta = {"identity": cfg.identity(), "key_id": key.key_id, "gamma": key.gamma, "n_lists": key.n_lists,
             "tokenizer_id": tok.id, "generator_id": getattr(generator, "id", None), "n_looks": det.n_looks,
             "attacks": [[a, p] for a, p in cfg.attacks], "guard_version": __version__}
@@ -365,6 +391,10 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
     if cfg.mode in ("soft", "hard"):
         prompts = eval_prompts(padded_count(cfg.n, cfg.batch_size), cfg.seed, cfg.model)
         for name, lists in (("watermarked", gl), ("clean", None)):
+            if name == "clean" and fp is not None:          # key-free detection: real images are the negatives
+                st.pops[name] = {"images": _render_population(cfg.n, cfg.seed, tok.image_size, cfg.model),
+                                 "list_index": np.full(cfg.n, -1, dtype=np.int64), "prompts": None}
+                continue
             st.pops[name] = generate_population(
                 generator, lists, cfg.n, folder=pop_dir / name, prompts=prompts,
                 delta=cfg.delta if cfg.mode == "soft" else None, hard=cfg.mode == "hard", seed=cfg.seed,
@@ -381,6 +411,32 @@ def _prepare(cfg: EvalConfig, progress) -> _State:
         x = from_uint8(pop["images"])
         st.ref_codes[name] = det.encode(x)
     return st
+
+
+FINGERPRINT_CALIBRATION_SEED = 7919
+"""Seed offset of the rendered scenes a fingerprint evaluation calibrates on (disjoint from the negatives')."""
+
+
+def _fingerprinter(cfg: EvalConfig, tok):
+    """The key-free detector of an evaluation: the given calibration, or one made (and kept) from rendered scenes."""
+    from ..detect.fingerprint import FingerprintCalibration, Fingerprinter, fingerprint_scores
+
+    path = cfg.fingerprint or cfg.out / "fingerprint_calibration.json"
+    if cfg.fingerprint is not None or path.exists():
+        cal = FingerprintCalibration.load(path)
+    else:
+        x = from_uint8(_render_population(cfg.n, cfg.seed + FINGERPRINT_CALIBRATION_SEED, tok.image_size, cfg.model))
+        cal = FingerprintCalibration(tokenizer_id=tok.id, model=cfg.model, image_size=int(tok.image_size),
+                                     scores=tuple(fingerprint_scores(tok, x, batch_size=cfg.batch_size)),
+                                     source=f"{cfg.model} rendered evaluation scenes, seed "
+                                            f"{cfg.seed + FINGERPRINT_CALIBRATION_SEED}")
+        cal.save(path)
+        _log(f"fingerprint calibration on {cal.n} rendered scenes -> {path}")
+    if cal.tokenizer_id != tok.id:
+        raise ConfigError(f"fingerprint calibration {path} is of tokenizer {cal.tokenizer_id}, the evaluation's is "
+                          f"{tok.id}")
+    return Fingerprinter([cal], [tok], alpha=min(0.999, max(min(cfg.alphas), 2 * cal.min_p)),
+                         batch_size=cfg.batch_size)
 
 
 def _attack_dir(out: Path, name: str, param: Any) -> Path:
@@ -427,7 +483,7 @@ def _run_attack(st: _State, name: str, param: Any, progress) -> None:
                                param=param, family=spec.family, token_match=round(float(tm[j]), 5),
                                token_match_generated=None if tm_gen is None else round(float(tm_gen[j]), 5),
                                psnr_attack=None if not math.isfinite(ps[j]) else round(float(ps[j]), 3),
-                               list_index_true=true_k if true_k >= 0 else None)
+                               list_index_true=true_k if true_k >= 0 else None, detector=cfg.detector)
                     lines.append(json.dumps(row) + "\n")
                 f.write("".join(lines))
                 f.flush()
@@ -500,8 +556,17 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _log10p(rows: list[dict]) -> np.ndarray:
+def _log10p(rows: list[dict], p_field: str | None = None) -> np.ndarray:
+    if p_field is not None:
+        return np.log10(np.array([r[p_field] if r.get(p_field) is not None else 1.0 for r in rows], dtype=np.float64))
     return np.array([r["log10_p"] if r.get("log10_p") is not None else 0.0 for r in rows], dtype=np.float64)
+
+
+def _fingerprint_roc_score(rows: list[dict]) -> np.ndarray:
+    """-log10 of the fingerprint score (larger = nearer the decoder's manifold); error rows score -inf."""
+    s = np.array([r["fingerprint_score"] if r.get("fingerprint_score") is not None else np.inf for r in rows],
+                 dtype=np.float64)
+    return -np.log10(np.maximum(s, 1e-12))
 
 
 REPORT_KEYS = ("attack", "param", "param_name", "family", "summary_point")
@@ -534,6 +599,9 @@ def attack_metrics(rows: list[dict], *, alphas=ALPHAS, fprs=FPRS) -> dict:
         return out
     lp_wm, lp_cl = _log10p(wm), _log10p(cl)
     s_wm, s_cl = -lp_wm, -lp_cl
+    if wm[0].get("detector") == "fingerprint":      # key-free: p is conformal; the ROC reads the score itself
+        lp_wm, lp_cl = _log10p(wm, "fingerprint_p"), _log10p(cl, "fingerprint_p")
+        s_wm, s_cl = _fingerprint_roc_score(wm), _fingerprint_roc_score(cl)
     for a, v in tpr_at_alpha(lp_wm, alphas).items():
         out[f"tpr_at_alpha_{a:g}"] = v
     for a, v in tpr_at_alpha(lp_cl, alphas).items():
