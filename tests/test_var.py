@@ -200,10 +200,13 @@ def test_cli_keygen_generate_detect_on_codes_path(tmp_path, ckpt, monkeypatch):
     assert r.exit_code == 0, r.output
     out = tmp_path / "wm"
     r = runner.invoke(app, ["watermark", "generate", "--model", f"var:{ckpt}", "--key", str(key), "--hard",
-                            "--prompt", "3", "--prompt", "5", "-n", "2", "--seed", "0", "--out", str(out)])
+                            "--prompt", "3", "--prompt", "5", "-n", "2", "--seed", "0", "--out", str(out),
+                            "--device", "cpu", "--dtype", "float32"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(row["applied"] and row["hard"] for row in rows)
+    # VAR's published sampling defaults (its FID setting) when none is given
+    assert all((row["cfg"], row["top_k"], row["top_p"]) == (2.5, 900, 0.96) for row in rows)
     for spec, n_tokens in ((f"var:{ckpt}", L), (f"var:{ckpt}@last2", 25)):
         r = runner.invoke(app, ["detect", "folder", str(out), "--model", spec, "--key", str(key)])
         assert r.exit_code in (0, 1), r.output          # random VQ: PNGs are not re-encoded faithfully

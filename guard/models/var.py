@@ -61,7 +61,10 @@ OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 """The 256 px pyramid of the released VAR models (d16–d30)."""
 
 DETECT_SCALES = "all"
-"""Default scales the detection test counts (see `VARTokenizer`; measured in bench/measure_var_scales.py)."""
+"""Default scales the detection test counts (see `VARTokenizer`). Measured (bench/measure_var_scales.py, N=48,
+random quantisers of the released geometry): on generated codes counting all scales is strongest; after
+re-quantisation the largest scale alone ('last') is, because the middle scales come back mostly changed.
+'all' stays the default so encode/decode compose and eval/detect agree; try '@last' on saved images."""
 
 
 # ================================================================================================ VQ-VAE
@@ -817,8 +820,8 @@ class VARGenerator:
     """
 
     model_kind = "var"
-    generation_defaults = {"cfg": 2.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
-    """VAR's FID setting (its cfg 1.5 in VAR's convention = guard cfg 2.5)."""
+    sampling_defaults = {"cfg": 2.5, "temperature": 1.0, "top_k": 900, "top_p": 0.96}
+    """VAR's published FID setting (its cfg 1.5 in VAR's convention = guard cfg 2.5); the CLI's defaults."""
 
     def __init__(self, var: VAR, tokenizer: VARTokenizer, model_id: str, *, batch_size: int = 8) -> None:
         self.var = var.eval()
@@ -1013,8 +1016,10 @@ def _build_vq(vae_file: Path, patch_nums: Sequence[int] | None, device: torch.de
 
 
 def load_var_tokenizer(path: str | os.PathLike, *, device: str | torch.device | None = None, spec: str | None = None,
-                       detect_scales: str | Sequence[int] = DETECT_SCALES) -> VARTokenizer:
-    """The VQ-VAE of a VAR checkpoint folder as a `VARTokenizer` (the scales are read from the var*.pth)."""
+                       detect_scales: str | Sequence[int] = DETECT_SCALES, dtype: Any = None) -> VARTokenizer:
+    """The VQ-VAE of a VAR checkpoint folder as a `VARTokenizer` (the scales are read from the var*.pth).
+
+    `dtype` is accepted and ignored: the VQ-VAE always runs in float32 (codes must not depend on it)."""
     vae_file, var_file = _find(path, spec or f"var:{path}")
     pns = var_config(_torch_load(var_file))["patch_nums"] if var_file is not None else None
     vq, digest = _build_vq(vae_file, pns, pick_device(device))
@@ -1092,10 +1097,10 @@ def _split_scales(path: str) -> tuple[str, str]:
 
 KIND = ModelKind(
     name="var", spec="var:PATH[@SCALES]",
-    load=lambda path, spec: load_var(_split_scales(path)[0], spec=spec),
-    load_tokenizer=lambda path, spec: load_var_tokenizer(_split_scales(path)[0], spec=spec,
-                                                         detect_scales=_split_scales(path)[1]),
-    owns=lambda generator: isinstance(generator, VARGenerator))
+    load=lambda path, spec, **opts: load_var(_split_scales(path)[0], spec=spec, **opts),
+    load_tokenizer=lambda path, spec, **opts: load_var_tokenizer(_split_scales(path)[0], spec=spec,
+                                                                 detect_scales=_split_scales(path)[1], **opts),
+    owns=lambda generator: isinstance(generator, VARGenerator), load_options=("device", "dtype"))
 """The `var` model kind: generator and tokenizer (class-conditional; no prompts, judge or EAR of its own).
 `@SCALES` ('all', 'last', 'lastN', '7,8,9') picks the scales detection counts; generation always uses the
 whole pyramid."""
