@@ -212,3 +212,23 @@ def test_cli_refuses_dtype_for_reference_and_unknown_device(tmp_path, monkeypatc
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     r = CliRunner().invoke(app, ["watermark", "generate", "--dtype", "bfloat16", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "does not take a device option" not in r.output and "dtype" in r.output
+
+
+def test_ear_trains_the_attention_projections_of_the_gpt(c2i_dir):
+    from guard.erasure.ear import EarConfig, train_ear
+    from guard.erasure.pairs import PromptPair
+    from guard.models import capability
+
+    gen = load(f"llamagen:{c2i_dir}")
+    ear = capability(gen, "ear_model")(gen)
+    codes = gen.generate(["3", "3"], n=1, seed=0, cfg=1.0).flatten(1)
+    h = ear.image_hidden(gen.gpt, ear.encode_prompts(["3", "3"]), codes)
+    assert h.shape == (2, 64, 64)
+    assert torch.allclose(gen.gpt.output(h), gen.gpt.teacher_logits(torch.tensor([3, 3]), codes), atol=1e-5)
+    pairs = [PromptPair("3", "5", codes=c) for c in codes]
+    student, log = train_ear(ear, pairs, EarConfig(window=32, mu=None, layers=(0,), lr=1e-2, epochs=1, batch_size=2))
+    before, after = gen.gpt.state_dict(), student.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"layers.0.attention.wqkv.weight", "layers.0.attention.wo.weight"}
+    erased = ear.with_module(student)
+    assert erased.gpt is student and erased.tokenizer is gen.tokenizer

@@ -488,13 +488,30 @@ class Transformer(nn.Module):
             h = layer(h, freqs, pos, mask)
         return self.output(self.norm(h)).float()
 
-    def teacher_logits(self, cond: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Training-style forward (no cache): logits (B, N, V) predicting each of codes (B, N) from what precedes."""
+    def teacher_hidden(self, cond: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Training-style pass (no cache): final normed hidden states (B, N, dim) at the positions that predict
+        each of codes (B, N) from the condition and the codes before it. `mask` (B, T): valid caption tokens."""
         self.clear_caches()
         h = torch.cat([self.condition(cond), self.tok_embeddings(codes)], dim=1)
         t = self.cls_token_num if self.model_type == "t2i" else 1
-        logits = self.forward(h, torch.arange(h.shape[1], device=h.device))
-        return logits[:, t - 1: t - 1 + codes.shape[1]]
+        n = h.shape[1]
+        allowed = None
+        if mask is not None:
+            allowed = torch.tril(torch.ones(n, n, dtype=torch.bool, device=h.device)).expand(len(h), n, n).clone()
+            allowed[:, :, :t] &= mask[:, None, :].bool()
+            allowed |= torch.eye(n, dtype=torch.bool, device=h.device)
+            allowed = allowed[:, None]
+        pos = torch.arange(n, device=h.device)
+        freqs = self.freqs_cis.to(h.device)[pos]
+        for layer in self.layers:
+            h = layer(h, freqs, pos, allowed)
+        return self.norm(h)[:, t - 1: t - 1 + codes.shape[1]]
+
+    def teacher_logits(self, cond: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Training-style forward (no cache): logits (B, N, V) predicting each of codes (B, N) from what precedes."""
+        return self.output(self.teacher_hidden(cond, codes, mask)).float()
 
     def setup_caches(self, batch: int, length: int, dtype: torch.dtype) -> None:
         dev = self.tok_embeddings.weight.device
@@ -1002,9 +1019,55 @@ def load_llamagen(path: str, *, spec: str | None = None, device: str | torch.dev
     return LlamaGenGenerator(gpt, tok, model_id, captions=captions, defaults=defaults, batch_size=batch_size)
 
 
+# ================================================================================================ erasure
+@dataclass(frozen=True)
+class _Conditions:
+    """Conditions of prompts that index like a tensor: class ids (B,) or caption features + mask (t2i)."""
+
+    cond: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __getitem__(self, idx) -> "_Conditions":
+        return _Conditions(self.cond[idx], None if self.mask is None else self.mask[idx])
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+
+class LlamaGenEarModel:
+    """EAR interface of a `LlamaGenGenerator` (capability `ear_model`): the GPT's final hidden states,
+    teacher-forced on [condition | codes]; the attention projections `layers.{i}.attention.{wqkv,wo}`.
+    For c2i, "prompts" are class ids (erase class 207 towards 208); for t2i, text through the T5 encoder."""
+
+    def __init__(self, generator: LlamaGenGenerator) -> None:
+        self.generator = generator
+        self.module = generator.gpt
+        self.n_layers = len(generator.gpt.layers)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> _Conditions:
+        cond, mask = self.generator.encode_prompts(list(prompts))
+        return _Conditions(cond, mask)
+
+    def image_hidden(self, module: nn.Module, text: _Conditions, codes: torch.Tensor) -> torch.Tensor:
+        dev = module.tok_embeddings.weight.device
+        mask = None if text.mask is None else text.mask.to(dev)
+        return module.teacher_hidden(text.cond.to(dev), codes.to(dev), mask).float()
+
+    def attention_parameter_names(self, layers: Sequence[int]) -> list[str]:
+        return [f"layers.{i}.attention.{m}.weight" for i in layers for m in ("wqkv", "wo")]
+
+    def with_module(self, module: nn.Module) -> LlamaGenGenerator:
+        import copy
+
+        erased = copy.copy(self.generator)
+        erased.gpt = module.eval()
+        return erased
+
+
 KIND = ModelKind(
     name="llamagen", spec="llamagen:DIR[@SIZE]",
     load=lambda path, spec, **opts: load_llamagen(path, spec=spec, **opts),
     load_tokenizer=lambda path, spec, **opts: load_llamagen_tokenizer(path, spec=spec, **opts),
-    owns=lambda generator: isinstance(generator, LlamaGenGenerator), load_options=("device", "dtype"))
-"""The `llamagen` model kind: generator (c2i, t2i) and tokenizer."""
+    owns=lambda generator: isinstance(generator, LlamaGenGenerator), ear_model=LlamaGenEarModel,
+    load_options=("device", "dtype"))
+"""The `llamagen` model kind: generator (c2i, t2i), tokenizer and EAR (no steering stream, prompts or judge)."""
