@@ -138,6 +138,8 @@ class OracleVAR:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", default=None, help="a VAR checkpoint folder (default: --model)")
+    ap.add_argument("--vq", default=None, help="a folder with a VAR VQ-VAE only (e.g. guard/models/weights/var_tiny): "
+                                              "--model drives it")
     ap.add_argument("--model", choices=["random", "oracle"], default="random")
     ap.add_argument("--oracle-temp", type=float, default=0.05)
     ap.add_argument("--path", choices=["ideal", "pixels"], default="ideal")
@@ -158,13 +160,20 @@ def main() -> None:
                                  num_res_blocks=1, z_channels=32, depth=2, embed_dim=64, num_heads=2,
                                  num_classes=10, seed=a.seed)
         tok = VARTokenizer(vq, digest=weights_digest(vq))
+        if a.vq:
+            from guard.models.var import load_var_tokenizer
+
+            tok = load_var_tokenizer(a.vq, device="cpu")
+            vq, var = build_tiny_var(vocab_size=tok.vocab_size, patch_nums=tok.scales, z_channels=tok.vq.Cvae,
+                                     depth=2, embed_dim=64, num_heads=2, num_classes=10, seed=a.seed)
         if a.model == "random":
             gen = VARGenerator(var, tok, "var-tiny-random", batch_size=32)
             model = "random tiny VAR (released geometry: V=4096, Cvae=32, scales 1..16; d2 x 64, 10 classes)"
         else:
             gen = OracleVAR(tok, a.oracle_temp, a.seed)
             model = (f"oracle VAR (samples near the canonical decomposition of smooth random latents, temp "
-                     f"{a.oracle_temp}) over a random VQ quantiser of the released geometry")
+                     f"{a.oracle_temp}) over " + (f"the VQ-VAE in {a.vq}" if a.vq else
+                                                  "a random VQ quantiser of the released geometry"))
     key = WatermarkKey.create(tok, gamma=0.25, n_lists=8)
     lists = GreenLists(key, tok)
     prompts = [str(i % 10) for i in range(a.n)]

@@ -215,3 +215,28 @@ def test_cli_keygen_generate_detect_on_codes_path(tmp_path, ckpt, monkeypatch):
     r = runner.invoke(app, ["watermark", "generate", "--model", f"var:{ckpt}", "--key", str(key),
                             "--prompt", "a red fox", "--out", str(tmp_path / "wm2")])
     assert r.exit_code == 2 and "class-conditional" in r.output
+
+
+def test_shipped_tiny_vq_round_trips_real_scenes_through_png():
+    """The trained tiny VAR VQ-VAE (bench/train_var_vq.py, 16 px scenes, the released 10-scale pyramid) gives
+    back most of the canonical pyramid of its own decoded, 8-bit-rounded images; a random one gives ~1/V."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    import guard.models as gm
+    from guard.models.reference.shapes import render, sample_scene
+    from guard.models.var import OFFICIAL_PATCH_NUMS
+
+    folder = Path(gm.__file__).parent / "weights" / "var_tiny"
+    tok = load_tokenizer(f"var:{folder}")                # the VQ alone: scales default to the released ones
+    assert tok.scales == OFFICIAL_PATCH_NUMS and tok.image_size == 16 and tok.vocab_size == 512
+    x = torch.from_numpy(np.stack([render(sample_scene(90_000 + i)) for i in range(12)])).permute(0, 3, 1, 2)
+    x = F.interpolate(x.float() / 255, size=(16, 16), mode="area")
+    codes = tok.encode(x)
+    again = tok.encode((tok.decode(codes) * 255).round() / 255)
+    assert float((again == codes).float().mean()) > 0.45
+    assert float((tok.split(again)[0] == tok.split(codes)[0]).float().mean()) > 0.8     # the coarsest scale
+    rec = tok.decode(codes)
+    assert float(10 * torch.log10(1 / ((rec - x) ** 2).mean())) > 22
