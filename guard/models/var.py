@@ -63,8 +63,9 @@ OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 DETECT_SCALES = "all"
 """Default scales the detection test counts (see `VARTokenizer`). Measured (bench/measure_var_scales.py, N=48,
 random quantisers of the released geometry): on generated codes counting all scales is strongest; after
-re-quantisation the largest scale alone ('last') is, because the middle scales come back mostly changed.
-'all' stays the default so encode/decode compose and eval/detect agree; try '@last' on saved images."""
+re-quantisation the largest scale alone ('last') is, because the middle scales come back mostly changed. The
+shipped trained tiny VQ keeps real images' pyramids the other way round (largest scale least stable), so
+'all' stays the default (encode/decode compose, eval and detect agree); measure '@SCALES' on a real model."""
 
 
 # ================================================================================================ VQ-VAE
