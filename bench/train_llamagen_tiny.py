@@ -1,15 +1,17 @@
 """Train a tiny LlamaGen-architecture VQ and c2i GPT on reference scenes (CPU, one thread, a few minutes).
 
     OMP_NUM_THREADS=1 python bench/train_llamagen_tiny.py --out guard/models/weights/llamagen-tiny \
-        --vq-steps 600 --gpt-steps 300 --n-train 400 --crop 16 --seed 0
+        --vq-steps 800 --gpt-steps 300 --n-train 400 --crop 32 --batch 4 --freeze-codebook \
+        --entropy 0.1 --seed 0
 
 It exists so that generate -> PNG -> detect can be shown through the llamagen adapter's own code path
 (`guard.models.llamagen`) with a VQ that re-encodes its own images, which a random VQ does not. The
 architecture is LlamaGen's (`VQModel`, `Transformer`, official parameter names) at tiny width: VQ ch 32,
 ch_mult [1, 1, 2] (factor 4: 64 px -> 16x16 tokens; the released VQ-16 has 5 levels, factor 16), one
 residual block per level, 512 L2-normalised codes of dim 8; GPT dim 64, 2 layers, 4 heads, c2i over the
-9 reference backgrounds. Losses: VQ: L1 + MSE reconstruction, codebook and commitment terms (beta 0.25),
-plus an idempotence term (decode -> 8-bit round -> encode must give back the codes; cross-entropy over
+9 reference backgrounds. Losses: VQ: L1 + MSE reconstruction, codebook and commitment terms (beta 0.25), LlamaGen's entropy loss
+(`--entropy`, softmax temperature 0.01) against codebook collapse,
+dead codes (unused for 40 steps) restarted on live latents every 20 steps, plus an idempotence term (decode -> 8-bit round -> encode must give back the codes; cross-entropy over
 cosine logits) on the codes of scenes with 20% of them replaced at random; GPT: next-code cross-entropy.
 Writes `vq_tiny.pt` and `c2i_tiny_64.pt` ({"model": state_dict}, the official layout), `llamagen.json`
 and `card.json` (command, seed, steps, wall time, reconstruction PSNR, round-trip agreement).
@@ -54,21 +56,39 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, help="VQ training crop (pixels, a multiple of 4)", default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--entropy", type=float, default=0.0, help="weight of LlamaGen's codebook entropy loss")
+    ap.add_argument("--freeze-codebook", action="store_true", help="keep the codebook at random unit vectors")
+    ap.add_argument("--scene-cache", type=Path, default=None, help="folder caching the rendered scenes (optional)")
     args = ap.parse_args()
 
     from guard.models import llamagen as lg
 
     torch.manual_seed(args.seed)
     t_start = time.time()
-    x_train, y_train = scenes(args.n_train, args.seed)
-    x_val, _ = scenes(128, args.seed + 1)
+    cache = args.scene_cache / f"scenes-{args.n_train}-{args.seed}.pt" if args.scene_cache else None
+    if cache is not None and cache.is_file():
+        x_train, y_train, x_val = torch.load(cache)
+    else:
+        x_train, y_train = scenes(args.n_train, args.seed)
+        x_val, _ = scenes(128, args.seed + 1)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((x_train, y_train, x_val), cache)
     t_data = time.time() - t_start
     print(f"rendered {len(x_train)} + {len(x_val)} scenes in {t_data:.0f} s", file=sys.stderr)
 
     vq = lg.VQModel(lg.VQArgs(codebook_size=512, codebook_embed_dim=8, encoder_ch_mult=[1, 1, 2],
                               decoder_ch_mult=[1, 1, 2], z_channels=32, ch=32, num_res_blocks=1))
-    opt = torch.optim.Adam(vq.parameters(), lr=2e-3)
+    if args.freeze_codebook:                               # a fixed, well-spread codebook cannot collapse
+        g = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            vq.quantize.embedding.weight.copy_(F.normalize(torch.randn(512, 8, generator=g), dim=-1))
+        vq.quantize.embedding.weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=args.lr)
     step, t0 = 0, time.time()
+    usage = torch.zeros(512, dtype=torch.long)                # last step each code was chosen
+    restarts = 0
     while step < args.vq_steps:
         idx = torch.randint(0, len(x_train), (args.batch,))
         oy, ox = (int(v) * 4 for v in torch.randint(0, (64 - args.crop) // 4 + 1, (2,)))
@@ -85,7 +105,12 @@ def main() -> int:
         zq_st = (zf + (zq - zf).detach()).view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2)
         rec = (vq.decode_latents(zq_st) + 1) / 2
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + vq_loss
-        if step >= 100 and step % 2 == 0:                 # idempotence once the decoder draws something
+        if args.entropy > 0:     # LlamaGen's entropy loss (entropy_loss_ratio): confident per latent, all codes used
+            probs = F.softmax(logits / 0.01, dim=-1)
+            avg = probs.mean(0)
+            sample_ent = -(probs * F.log_softmax(logits / 0.01, dim=-1)).sum(-1).mean()
+            loss = loss + args.entropy * (sample_ent + (avg * torch.log(avg + 1e-5)).sum())
+        if step >= args.vq_steps // 3 and step % 2 == 0:  # idempotence once the decoder draws something
             c = codes.view(z.shape[0], z.shape[2], z.shape[3]).detach()
             swap = torch.rand(c.shape) < 0.2
             c = torch.where(swap, torch.randint(0, 512, c.shape), c)
@@ -98,6 +123,15 @@ def main() -> int:
         loss.backward()
         opt.step()
         step += 1
+        usage[codes.detach()] = step
+        if not args.freeze_codebook and step % 20 == 0 and step <= args.vq_steps - 100:    # restart codes unused for 40 steps on live latents
+            dead = (step - usage > 40).nonzero().flatten()
+            if len(dead):
+                pick = zf.detach()[torch.randint(0, len(zf), (len(dead),))]
+                with torch.no_grad():
+                    vq.quantize.embedding.weight[dead] = F.normalize(pick + 0.01 * torch.randn_like(pick), dim=-1)
+                usage[dead] = step
+                restarts += len(dead)
         if step % 50 == 0:
             print(f"vq step {step} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
     vq_steps, vq_wall = step, time.time() - t0
@@ -146,8 +180,9 @@ def main() -> int:
     card = {
         "what": "tiny LlamaGen-architecture VQ + c2i GPT trained on guard's reference scenes (shapes-v2, 64 px)",
         "command": "OMP_NUM_THREADS=1 python bench/train_llamagen_tiny.py " + " ".join(sys.argv[1:]),
-        "seed": args.seed, "n_train_scenes": args.n_train, "batch": args.batch, "crop": args.crop,
-        "vq": {"steps": vq_steps, "wall_s": round(vq_wall), "codebook": 512, "grid": [16, 16],
+        "seed": args.seed, "n_train_scenes": args.n_train, "batch": args.batch, "crop": args.crop, "lr": args.lr,
+        "freeze_codebook": args.freeze_codebook, "entropy": args.entropy,
+        "vq": {"steps": vq_steps, "wall_s": round(vq_wall), "codebook": 512, "grid": [16, 16], "code_restarts": restarts,
                "val_psnr_db": round(val_psnr, 2), "round_trip_val": round(rt, 4), "round_trip_random_maps":
                round(rt_rand, 4), "codes_used_val": used, "median_distinct_codes_per_image": distinct},
         "gpt": {"steps": gstep, "wall_s": round(gpt_wall), "final_loss": round(float(loss), 3),

@@ -232,3 +232,19 @@ def test_ear_trains_the_attention_projections_of_the_gpt(c2i_dir):
     assert changed == {"layers.0.attention.wqkv.weight", "layers.0.attention.wo.weight"}
     erased = ear.with_module(student)
     assert erased.gpt is student and erased.tokenizer is gen.tokenizer
+
+
+@pytest.mark.skipif(not (lg.SHIPPED / "card.json").is_file(), reason="tiny LlamaGen weights not installed")
+def test_shipped_tiny_model_generate_png_detect_through_the_cli(tmp_path, monkeypatch):
+    """Saved images end to end through the llamagen code path with a trained VQ that re-encodes its images."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    runner = CliRunner()
+    key, out = tmp_path / "k.json", tmp_path / "wm"
+    assert runner.invoke(app, ["keygen", "--model", "llamagen:tiny", "--out", str(key)]).exit_code == 0
+    r = runner.invoke(app, ["watermark", "generate", "--model", "llamagen:tiny", "--key", str(key), "--hard",
+                            "--prompt", "0", "--prompt", "5", "-n", "2", "--seed", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["detect", "folder", str(out), "--model", "llamagen:tiny", "--key", str(key),
+                            "--format", "jsonl"])
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.exit_code == 0 and len(recs) == 4 and all(rec["watermarked"] for rec in recs), r.output
