@@ -88,6 +88,39 @@ def requantise(codes: torch.Tensor, tok: VARTokenizer, path: str) -> torch.Tenso
     return tok.encode_pyramid(png)
 
 
+def train_var(tok: VARTokenizer, minutes: float, n_train: int, seed: int):
+    """A tiny VAR (d2 x 64, 10 classes = reference backgrounds, clipped) trained teacher-forced on the VQ's
+    pyramids of 16 px reference scenes, 10% null-class dropout; returns (VAR, info)."""
+    from guard.models.reference.shapes import BACKGROUNDS, render, sample_scene
+    from guard.models.var import VAR
+
+    torch.manual_seed(seed)
+    scenes = [sample_scene(i) for i in range(n_train)]
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(tok.image_size, tok.image_size), mode="area")
+    labels = torch.tensor([BACKGROUNDS.index(s.background) % 10 for s in scenes])
+    codes = tok.encode_pyramid(x)[:, 0]
+    maps = [codes[:, a:b] for a, b in tok.slices]
+    var = VAR(Cvae=tok.vq.Cvae, vocab_size=tok.vocab_size, num_classes=10, depth=2, embed_dim=64, num_heads=2,
+              patch_nums=tok.scales).train()
+    opt = torch.optim.AdamW(var.parameters(), lr=2e-3, weight_decay=0.01)
+    t0, step, losses = time.time(), 0, []
+    while time.time() - t0 < minutes * 60:
+        i = torch.randint(len(codes), (8,))
+        lab = torch.where(torch.rand(8) < 0.1, 10, labels[i])
+        with torch.no_grad():
+            inp = tok.vq.quantize.idx_to_var_input([m[i] for m in maps])
+        logits = var(lab, inp)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes[i].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        step += 1
+    return var.eval(), {"steps": step, "minutes": minutes, "n_train": n_train,
+                        "final_loss": round(float(np.mean(losses[-50:])), 4)}
+
+
 class OracleVAR:
     """Samples pyramids near the canonical residual decomposition of a smooth random latent (see --model oracle)."""
 
@@ -140,7 +173,8 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="a VAR checkpoint folder (default: --model)")
     ap.add_argument("--vq", default=None, help="a folder with a VAR VQ-VAE only (e.g. guard/models/weights/var_tiny): "
                                               "--model drives it")
-    ap.add_argument("--model", choices=["random", "oracle"], default="random")
+    ap.add_argument("--model", choices=["random", "oracle", "trained"], default="random")
+    ap.add_argument("--train-minutes", type=float, default=8.0, help="--model trained (with --vq)")
     ap.add_argument("--oracle-temp", type=float, default=0.05)
     ap.add_argument("--path", choices=["ideal", "pixels"], default="ideal")
     ap.add_argument("--n", type=int, default=128)
@@ -166,7 +200,13 @@ def main() -> None:
             tok = load_var_tokenizer(a.vq, device="cpu")
             vq, var = build_tiny_var(vocab_size=tok.vocab_size, patch_nums=tok.scales, z_channels=tok.vq.Cvae,
                                      depth=2, embed_dim=64, num_heads=2, num_classes=10, seed=a.seed)
-        if a.model == "random":
+        if a.model == "trained":
+            if not a.vq:
+                raise SystemExit("--model trained needs --vq")
+            var, info = train_var(tok, a.train_minutes, 600, a.seed)
+            gen = VARGenerator(var, tok, "var-tiny-trained", batch_size=32)
+            model = f"tiny VAR d2 x 64 trained teacher-forced on {a.vq}'s pyramids of reference scenes: {info}"
+        elif a.model == "random":
             gen = VARGenerator(var, tok, "var-tiny-random", batch_size=32)
             model = "random tiny VAR (released geometry: V=4096, Cvae=32, scales 1..16; d2 x 64, 10 classes)"
         else:
