@@ -82,10 +82,10 @@ def separation(neg: np.ndarray, pos: np.ndarray, cal: FingerprintCalibration) ->
 
 
 def attack_grid(tok, cal, real, dec, n_attack: int, n_jpeg: int, seed: int, rows: list | None = None,
-                save=lambda: None) -> list[dict]:
+                save=lambda: None, grid=GRID) -> list[dict]:
     rows = [] if rows is None else rows
     ctx = AttackContext()
-    for name, param in GRID:
+    for name, param in grid:
         n = n_jpeg if name in ("none", "jpeg") and param in (0, 90, 75) else n_attack
         t0 = time.perf_counter()
         ra = apply_attack(name, real[:n], param, seed=seed, indices=range(n), context=ctx)
@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON (after each section)")
     ap.add_argument("--skip-attacks", action="store_true", help="only the other sections (a quick check)")
+    ap.add_argument("--only", default=None, help="attacks to run, e.g. 'jpeg:75,blur:3' (default: the whole GRID)")
+    ap.add_argument("--attacks-only", action="store_true", help="stop after the attack grid")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -195,8 +197,12 @@ def main() -> None:
     save = (lambda: args.out.write_text(json.dumps(res, indent=1) + "\n")) if args.out else (lambda: None)
     res["attacks"] = []
     if not args.skip_attacks:
-        attack_grid(tok, cal, real, dec, min(args.n_attack, args.n), args.n, args.seed, res["attacks"], save)
+        grid = GRID if args.only is None else [(a.split(":")[0], type(dict(GRID).get(a.split(":")[0], 0))(
+            float(a.split(":")[1]))) for a in args.only.split(",")]
+        attack_grid(tok, cal, real, dec, min(args.n_attack, args.n), args.n, args.seed, res["attacks"], save, grid)
     save()
+    if args.attacks_only:
+        return
     if args.n_gen:
         gen = load("reference")
         prompts = prompts_for("reference").eval_prompts(args.n_gen, seed=104)
