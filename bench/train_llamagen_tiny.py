@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--crop", type=int, help="VQ training crop (pixels, a multiple of 4)", default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--fp16-weights", action="store_true", help="store the state dicts in float16")
     ap.add_argument("--entropy", type=float, default=0.0, help="weight of LlamaGen's codebook entropy loss")
     ap.add_argument("--freeze-codebook", action="store_true", help="keep the codebook at random unit vectors")
     ap.add_argument("--scene-cache", type=Path, default=None, help="folder caching the rendered scenes (optional)")
@@ -173,8 +174,11 @@ def main() -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    lg.save_checkpoint(vq, out / "vq_tiny.pt")
-    lg.save_checkpoint(gpt, out / "c2i_tiny_64.pt")
+    for module, name in ((vq, "vq_tiny.pt"), (gpt, "c2i_tiny_64.pt")):
+        state = module.state_dict()
+        if args.fp16_weights:                # halves the files; loading casts back to float32
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        torch.save({"model": state}, out / name)
     (out / "llamagen.json").write_text(json.dumps({"n_head": 4, "image_size": 64, "cfg": 2.0, "top_k": None},
                                                   indent=2) + "\n")
     card = {
