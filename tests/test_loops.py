@@ -123,10 +123,12 @@ class TinyVAR(nn.Module):
 
 
 class _Codebook:
-    """What a key needs from a hand-written loop's VQ: an id and the codebook size."""
+    """What a key needs from a hand-written loop's VQ: an id, the codebook size and the geometry it binds."""
 
     id = "test-loop-vq-256@000000000000"
     vocab_size = V
+    grid = (16, 16)
+    image_size = 256
     alive = None
 
 
