@@ -324,6 +324,7 @@ def test_a_key_for_another_tokenizer_is_refused():
 
     class Other:
         id, vocab_size, alive = "other-vq@000", a.tokenizer.vocab_size, a.tokenizer.alive
+        grid, image_size = a.tokenizer.grid, a.tokenizer.image_size
 
     other = GreenLists(WatermarkKey.create(Other()), Other())
     with pytest.raises(KeyFileError, match="made for tokenizer"):
