@@ -60,7 +60,7 @@ from ..errors import ConfigError, GuardError
 from ..imageio import MAX_DECODE_BYTES, LoadedImage, from_uint8, to_uint8
 from .detector import RECORD_FIELDS, DetectionRecord, Detector, DetectorSpec, _timed_load
 from .scan import (FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_writer, read_resume_state,
-                   resolve_path)
+                   resolve_path, unique_paths)
 
 __all__ = ["DetectorSpec", "ShardStore", "RayScanResult", "WorkerStats", "ray_scan", "ray_cluster",
            "SHARD_FORMATS", "shards_dir_for"]
@@ -436,17 +436,8 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
             info(f"fresh scan: removed the old shards in {store.directory}")
     done = state.resolved | shard_done
 
-    ordered, positions, reals = [], {}, set()
-    n_same = 0
-    for p in paths:
-        key = os.fspath(p)
-        real = resolve_path(key)
-        if real in reals:
-            n_same += 1
-            continue
-        reals.add(real)
-        positions[key] = len(ordered)
-        ordered.append((key, real))
+    ordered, n_same = unique_paths(paths)
+    positions = {key: i for i, (key, _) in enumerate(ordered)}
     todo = [p for p, real in ordered if real not in done]
     summary = ScanSummary(n_skipped=len(ordered) - len(todo), n_same_file=n_same)
     if on_batch and summary.n_skipped:

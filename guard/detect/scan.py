@@ -630,10 +630,10 @@ class ScanSummary:
         return int(ExitCode.of_detection(self.n_watermarked, self.n_errors))
 
 
-def plan_paths(paths: Iterable, resume: ResumeState | None = None) -> tuple[list[str], list[str], int, int]:
-    """(paths to scan, their real paths, paths skipped as done, paths dropped as naming a file already listed)."""
-    done = resume.resolved if resume is not None else set()
-    todo, reals, seen, skipped, same = [], [], set(), 0, 0
+def unique_paths(paths: Iterable) -> tuple[list[tuple[str, str]], int]:
+    """((path, real path) for the first path naming each file, in order; paths dropped as naming a file already
+    listed). Shared by the local and the Ray scan."""
+    ordered, seen, same = [], set(), 0
     for p in paths:
         key = os.fspath(p)
         real = resolve_path(key)
@@ -641,12 +641,16 @@ def plan_paths(paths: Iterable, resume: ResumeState | None = None) -> tuple[list
             same += 1
             continue
         seen.add(real)
-        if real in done:
-            skipped += 1
-        else:
-            todo.append(key)
-            reals.append(real)
-    return todo, reals, skipped, same
+        ordered.append((key, real))
+    return ordered, same
+
+
+def plan_paths(paths: Iterable, resume: ResumeState | None = None) -> tuple[list[str], list[str], int, int]:
+    """(paths to scan, their real paths, paths skipped as done, paths dropped as naming a file already listed)."""
+    done = resume.resolved if resume is not None else set()
+    ordered, same = unique_paths(paths)
+    todo = [(key, real) for key, real in ordered if real not in done]
+    return [k for k, _ in todo], [r for _, r in todo], len(ordered) - len(todo), same
 
 
 def scan(detector: Detector, paths: Iterable, writer: _Writer, *, workers: int = 4,
