@@ -960,6 +960,16 @@ def _image_size(folder: Path, card: dict, at: int | None, gpt_file: Path | None)
                      f"\"image_size\" in {CARD_NAME}")
 
 
+def _locate(path: str, spec: str | None, *, gpt_required: bool) -> tuple[Path, dict, Path, Path | None, int]:
+    """`DIR[@SIZE]` -> (folder, card, VQ file, GPT file or None, image size); one-line ModelError otherwise."""
+    p, at = _split(path)
+    folder = _folder(p, spec or f"llamagen:{path}")
+    card = _card(folder)
+    vq_file = _pick(folder, card, "vq", ("vq_*.pt",), "VQ", True)
+    gpt_file = _pick(folder, card, "gpt", ("c2i_*.pt", "t2i_*.pt"), "GPT", gpt_required)
+    return folder, card, vq_file, gpt_file, _image_size(folder, card, at, gpt_file)
+
+
 def _vq(vq_file: Path, card: dict) -> tuple[VQModel, str]:
     state = load_checkpoint(vq_file, "VQ checkpoint")
     vq = VQModel(vq_args_from_state(state, l2_norm=bool(card.get("codebook_l2_norm", True))))
@@ -972,12 +982,7 @@ def load_llamagen_tokenizer(path: str, *, spec: str | None = None, device: str |
     """Only the VQ of a LlamaGen folder (`llamagen:DIR[@SIZE]`) at its image size."""
     from ._hf_common import pick_device
 
-    p, at = _split(path)
-    folder = _folder(p, spec or f"llamagen:{path}")
-    card = _card(folder)
-    vq_file = _pick(folder, card, "vq", ("vq_*.pt",), "VQ", True)
-    gpt_file = _pick(folder, card, "gpt", ("c2i_*.pt", "t2i_*.pt"), "GPT", False)
-    size = _image_size(folder, card, at, gpt_file)
+    folder, card, vq_file, gpt_file, size = _locate(path, spec, gpt_required=False)
     vq, digest = _vq(vq_file, card)
     return LlamaGenTokenizer(vq.to(pick_device(device)), image_size=size, digest=digest)
 
@@ -992,12 +997,7 @@ def load_llamagen(path: str, *, spec: str | None = None, device: str | torch.dev
     """
     from ._hf_common import pick_device, pick_dtype
 
-    p, at = _split(path)
-    folder = _folder(p, spec or f"llamagen:{path}")
-    card = _card(folder)
-    vq_file = _pick(folder, card, "vq", ("vq_*.pt",), "VQ", True)
-    gpt_file = _pick(folder, card, "gpt", ("c2i_*.pt", "t2i_*.pt"), "GPT", True)
-    size = _image_size(folder, card, at, gpt_file)
+    folder, card, vq_file, gpt_file, size = _locate(path, spec, gpt_required=True)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     vq, digest = _vq(vq_file, card)
