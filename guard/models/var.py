@@ -307,6 +307,20 @@ class VectorQuantizer2(nn.Module):
         d = z.square().sum(1, keepdim=True) + book.square().sum(1) - 2 * z @ book.T
         return d.argmin(-1)
 
+    def _residual_step(self, rest: torch.Tensor, si: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scale of the residual quantisation of `rest` (B, Cvae, H, W): area-downsample to the scale, nearest
+        codes (B, pn, pn), their embeddings upsampled (bicubic) to H x W and passed through Φ (gradient to the
+        embedding and Φ only). Shared by `f_to_idx` and the training pass."""
+        b, c, H, W = rest.shape
+        pn = self.v_patch_nums[si]
+        z = rest if si == n - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
+        with torch.no_grad():
+            idx = self._nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
+        h = self.embedding(idx).permute(0, 3, 1, 2)
+        if si != n - 1:
+            h = F.interpolate(h, size=(H, W), mode="bicubic")
+        return idx, self._phi(si, n)(h.contiguous())
+
     def f_to_idx(self, f: torch.Tensor, *, with_fhat: bool = False) -> list[torch.Tensor]:
         """Residual quantisation of f (B, Cvae, H, W): per scale coarse to fine, area-downsample what is left,
         take the nearest codes, upsample (bicubic) their embeddings, apply Φ, subtract. Returns the code maps
@@ -319,12 +333,7 @@ class VectorQuantizer2(nn.Module):
         rest, f_hat, out = f.detach().clone().float(), torch.zeros_like(f, dtype=torch.float32), []
         n = len(pns)
         for si, pn in enumerate(pns):
-            z = rest if si == n - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
-            idx = self._nearest(z.permute(0, 2, 3, 1).reshape(-1, c))
-            h = self.embedding(idx.view(b, pn, pn)).permute(0, 3, 1, 2)
-            if si != n - 1:
-                h = F.interpolate(h, size=(H, W), mode="bicubic")
-            h = self._phi(si, n)(h.contiguous())
+            idx, h = self._residual_step(rest, si, n)
             f_hat = f_hat + h
             rest = rest - h
             out.append(f_hat.clone() if with_fhat else idx.view(b, pn * pn))
@@ -333,19 +342,12 @@ class VectorQuantizer2(nn.Module):
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass (VAR's VQ training): f (B, Cvae, H, W) -> (f̂ with a straight-through gradient to f,
         VQ loss = mean over scales of β·‖f̂.detach − f‖² + ‖f̂ − f.detach‖²)."""
-        b, c, H, W = f.shape
-        pns, n = self.v_patch_nums, len(self.v_patch_nums)
+        n = len(self.v_patch_nums)
         f = f.float()
         target = f.detach()
         rest, f_hat, loss = target.clone(), torch.zeros_like(target), f.new_zeros(())
-        for si, pn in enumerate(pns):
-            z = rest if si == n - 1 else F.interpolate(rest, size=(pn, pn), mode="area")
-            with torch.no_grad():
-                idx = self._nearest(z.permute(0, 2, 3, 1).reshape(-1, c))
-            h = self.embedding(idx.view(b, pn, pn)).permute(0, 3, 1, 2)
-            if si != n - 1:
-                h = F.interpolate(h, size=(H, W), mode="bicubic")
-            h = self._phi(si, n)(h.contiguous())
+        for si in range(n):
+            _, h = self._residual_step(rest, si, n)
             f_hat = f_hat + h
             rest = rest - h.detach()
             loss = loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, target)
