@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["temp_beside"]
+__all__ = ["temp_beside", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -31,3 +31,11 @@ def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` through a temp file beside it and `os.replace`: readers see the old file or the
+    new one, never a part. OSError propagates (callers turn it into their one-line error)."""
+    with temp_beside(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+        os.replace(tmp, path)

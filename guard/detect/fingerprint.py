@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._files import temp_beside
+from .._files import write_text_atomic
 from ..errors import ConfigError, ImageError
 from ..imageio import MAX_PIXELS, load_image, quantize
 
@@ -253,9 +253,7 @@ class FingerprintCalibration:
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1) + "\n"
         try:
-            with temp_beside(path) as tmp:
-                tmp.write_text(text, encoding="utf-8")
-                os.replace(tmp, path)
+            write_text_atomic(path, text)
         except OSError as e:
             raise ConfigError(f"cannot write fingerprint calibration {path}: {e.strerror or e}") from None
         return path

@@ -55,7 +55,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import __version__
-from .._files import temp_beside
+from .._files import write_text_atomic
 from ..errors import ConfigError, ExitCode
 from .detector import RECORD_FIELDS, DetectionRecord, Detector
 from ..imageio import IMAGE_SUFFIXES
@@ -491,9 +491,7 @@ def _write_settings(out: Path, settings: ScanSettings | None) -> None:
            "guard_version": __version__}
     text = json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
     try:
-        with temp_beside(side) as tmp:
-            tmp.write_text(text, encoding="ascii")
-            os.replace(tmp, side)
+        write_text_atomic(side, text, encoding="ascii")
     except OSError as e:
         raise ConfigError(f"cannot write {side}: {e.strerror}") from None
 
