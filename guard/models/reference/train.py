@@ -129,6 +129,14 @@ def train_vq(args) -> None:
         # is; the decoder learns sharper pictures and pictures the frozen encoder reads back after saving.
         model.encoder.requires_grad_(False)
         log("vq: encoder frozen (decoder fine-tuning; codes of every image unchanged)")
+    if args.freeze_decoder:
+        if not (args.init and model.is_fsq) or args.freeze_encoder:
+            raise SystemExit("--freeze-decoder fine-tunes the encoder of a trained FSQ VQ: give --init and --quantizer "
+                             "fsq, without --freeze-encoder")
+        # wmar's recipe: the decoder (and so every picture a GPT trained on its codes makes) stays exactly as it
+        # is; the encoder learns to read those pictures back after saving and editing.
+        model.decoder.requires_grad_(False)
+        log("vq: decoder frozen (encoder fine-tuning; every generated picture unchanged)")
     if model.is_fsq:
         return _train_vq_fsq(args, model, x_all, x_test, t0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
@@ -264,6 +272,35 @@ def _robustness_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return uint8_roundtrip(out.clamp(0, 1))
 
 
+def _attack_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The evaluation's attacks at and past their reported strengths (wmar "FT+Augs"), for encoder fine-tuning:
+    always 8-bit rounding; then per image one of clean (25%), Gaussian noise (sigma 0.01-0.13), JPEG
+    (quality 20-95), Gaussian blur (sigma 0.4-2.0, torchvision's default for kernel 9 is 1.7), brightness
+    (x0.5-2.2, clipped), contrast (x0.5-1.8), a down-up resize (to 32-60 px and back); half of the attacked
+    images are then saved once more as JPEG (quality 50-95), as shared pictures are."""
+    x = uint8_roundtrip(x)
+    b = len(x)
+    kind = torch.randint(0, 20, (b,), generator=gen)
+    u = lambda lo, hi: torch.empty(b, 1, 1, 1).uniform_(lo, hi, generator=gen)  # noqa: E731
+    noise = x + torch.randn(x.shape, generator=gen) * u(0.01, 0.13)
+    blur = _blur(x, u(0.4, 2.0).flatten())
+    bright = x * u(0.5, 2.2)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = mean + (x - mean) * u(0.5, 1.8)
+    jpeg = _jpeg_ste(x, torch.randint(20, 96, (b,), generator=gen))
+    size = int(torch.randint(32, 61, (), generator=gen))
+    small = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    pick = lambda lo, hi: ((kind >= lo) & (kind < hi)).view(b, 1, 1, 1).float()  # noqa: E731
+    out = (x * pick(0, 5) + noise * pick(5, 8) + jpeg * pick(8, 12) + blur * pick(12, 15) + bright * pick(15, 17)
+           + contrast * pick(17, 18) + resized * pick(18, 20))
+    out = uint8_roundtrip(out.clamp(0, 1))
+    again = (torch.rand(b, generator=gen) < 0.5) & (kind >= 5) & ((kind < 8) | (kind >= 12))
+    if again.any():
+        out = torch.where(again.view(b, 1, 1, 1), _jpeg_ste(out, torch.randint(50, 96, (b,), generator=gen)), out)
+    return out
+
+
 def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
     """FSQ VQ: reconstruction first, then reconstruction + idempotence.
 
@@ -302,8 +339,20 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
             # Token-aligned random crops: the nets are convolutional, the losses local; 4x cheaper steps.
             oy, ox = (torch.randint(0, (64 - args.crop) // 4 + 1, (2,), generator=gen) * 4).tolist()
             x = x[:, :, oy:oy + args.crop, ox:ox + args.crop]
-        rec, idx, _, zb = model(x)
-        rec_loss = F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean()
+        q_anchor = None
+        if args.rec_weight > 0 or not args.freeze_decoder:
+            rec, idx, _, zb = model(x)
+            rec_loss = args.rec_weight * (F.mse_loss(rec, x) + 0.2 * (rec - x).abs().mean())
+        else:
+            # Encoder fine-tuning without a reconstruction term: the real images only give targets (and the
+            # anchor term); no backward pass through the frozen decoder.
+            zb = model.bounded(x) if anchor is None or args.anchor_weight > 0 else None
+            with torch.no_grad():
+                if zb is None:
+                    q_anchor = anchor.round_levels(anchor.bounded(x))
+                idx = model.ids_of(model.round_levels(zb) if zb is not None else q_anchor)
+                rec = model.decode(idx) if step % args.log_every == 0 or step == last - 1 else x
+            rec_loss = torch.zeros(())
         idem = torch.zeros(())
         loss = rec_loss
         if step >= idem_start:
@@ -312,8 +361,9 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
                 commit = F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
             else:
                 with torch.no_grad():
-                    q_real = anchor.round_levels(anchor.bounded(x))
-                commit = args.anchor_weight * F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
+                    q_real = q_anchor if q_anchor is not None else anchor.round_levels(anchor.bounded(x))
+                commit = (args.anchor_weight * F.relu((zb - q_real).abs() - args.margin).pow(2).mean()
+                          if zb is not None else torch.zeros(()))
             swap = torch.rand(q_real[:, :1].shape, generator=gen) < args.sub_frac
             rand_q = torch.floor(torch.rand(q_real.shape, generator=gen) * lv)
             q_t = torch.where(swap, rand_q, q_real)
@@ -327,9 +377,18 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
                 top = lv.expand_as(q_t).gather(1, ch) - 1
                 moved = torch.where((moved < 0) | (moved > top), q_t.gather(1, ch) - step_, moved)
                 q_t = torch.where(nb & (torch.arange(q_t.shape[1]).view(1, -1, 1, 1) == ch), moved.expand_as(q_t), q_t)
-            img = _robustness_augment(model.decoder(model.levels_to_latent(q_t)), gen)
+            augment = _attack_augment if args.aug == "attacks" else _robustness_augment
+            with torch.set_grad_enabled(not args.freeze_decoder):
+                decoded = model.decoder(model.levels_to_latent(q_t))
+            img = augment(decoded, gen)
             zb2 = model.bounded(img)
-            idem = F.relu((zb2 - q_t).abs() - args.margin).pow(2).mean()
+            dist = (zb2 - q_t).abs()
+            hinge = F.relu(dist - args.margin).pow(2)
+            if args.idem_clip:
+                # Positions read more than --idem-clip levels off (an attack that erased them) pull nothing: a
+                # squared loss on them would teach the encoder to hedge toward middle levels on every input.
+                hinge = hinge * (dist < args.idem_clip).float()
+            idem = hinge.mean()
             loss = rec_loss + args.idem_weight * (idem + commit)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -345,7 +404,9 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
     _finish_vq(args, model, x_test, t0, {"crop": args.crop, "idem_frac": args.idem_frac, "idem_weight": args.idem_weight,
                                          "margin": args.margin, "sub_frac": args.sub_frac,
                                          "nbr_frac": args.nbr_frac, "freeze_encoder": args.freeze_encoder,
-                                         "anchor_encoder": args.anchor_encoder, "anchor_weight": args.anchor_weight})
+                                         "anchor_encoder": args.anchor_encoder, "anchor_weight": args.anchor_weight,
+                                         "freeze_decoder": args.freeze_decoder, "aug": args.aug, "idem_clip": args.idem_clip,
+                                         "rec_weight": args.rec_weight})
 
 
 # ---------------------------------------------------------------------------------------- classifier
@@ -708,6 +769,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fsq: fine-tune encoder and decoder of --init, the encoder held (--anchor-weight) to the codes "
                         "the --init encoder gives real images, so a GPT trained on those codes stays valid")
     p.add_argument("--anchor-weight", type=float, default=5.0)
+    p.add_argument("--freeze-decoder", action="store_true",
+                   help="fsq: fine-tune only the encoder of --init (wmar): generated pictures stay the same, the encoder "
+                        "learns to read them back after --aug; real images may get other codes")
+    p.add_argument("--aug", choices=["mild", "attacks"], default="mild",
+                   help="fsq: augmentation between decode and encode in the idempotence phase: mild saving noise, or "
+                        "the evaluation's attacks at their reported strengths")
+    p.add_argument("--rec-weight", type=float, default=1.0, help="fsq: weight of the reconstruction loss")
+    p.add_argument("--idem-clip", type=float, default=None,
+                   help="fsq: idempotence positions read more than this many levels off the target add no loss")
     p.add_argument("--idem-weight", type=float, default=None)
     p.add_argument("--tau", type=float, default=0.05)
     p.add_argument("--restart-every", type=int, default=100)
