@@ -311,3 +311,27 @@ def test_kv_cache_sampling_matches_teacher_forcing_and_the_list_cache():
             step = step_kv
         with pytest.raises(ValueError, match="KV cache holds"):
             gpt.blocks[0](gpt.embed_codes(codes[:, :1]), kv, 0)
+
+
+def test_encoder_fine_tuning_keeps_the_decoder_bit_identical(tmp_path):
+    """`train vq --freeze-decoder` (wmar's recipe) changes only the encoder: every picture a GPT makes from codes
+    stays the same, while the encoder moves; without --init it refuses in one line."""
+    from safetensors.torch import load_file, save_file
+
+    from guard.models.reference.train import main
+    from guard.models.reference.vq import VQConfig, VQModel
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig.fsq((4, 4, 4), channels=(8, 16, 16)))
+    save_file(vq.state_dict(), str(tmp_path / "init.safetensors"))
+    common = ["vq", "--workdir", str(tmp_path / "work"), "--n-train", "16", "--steps", "3", "--batch", "4",
+              "--levels", "4,4,4", "--channels", "8,16,16", "--threads", "1", "--log-every", "100",
+              "--ckpt-every", "100", "--idem-frac", "1.0", "--idem-weight", "1.0", "--rec-weight", "0", "--crop", "0",
+              "--lr", "1e-2", "--aug", "attacks", "--idem-clip", "1.0"]
+    main(common + ["--out", str(tmp_path / "out"), "--init", str(tmp_path / "init.safetensors"), "--freeze-decoder"])
+    before, after = vq.state_dict(), load_file(str(tmp_path / "out" / "vq.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    with pytest.raises(SystemExit, match="--freeze-decoder fine-tunes the encoder"):
+        main(common + ["--out", str(tmp_path / "out2"), "--freeze-decoder"])
