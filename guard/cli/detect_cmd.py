@@ -8,6 +8,7 @@
     guard detect manifest uploads.parquet --key my.key --engine ray --address auto --out results.jsonl
     guard calibrate --fingerprint real_photos/ --out calib.json       # key-free: scores of real images
     guard detect folder uploads/ --fingerprint calib.json --out results.jsonl      # with or without --key
+    guard detect folder generated/ --key janus.key --model janus:/models/Janus-Pro-1B --device cuda:1
 
 Records go to stdout (or --out), one per image, flushed batch by batch; logs and progress go to stderr
 (rich progress only on a TTY). Exit codes (`guard.errors.ExitCode`), independent of --format: 0 some image
@@ -21,6 +22,12 @@ written).
 lock while the scan runs (a second scan on it exits 2), and its settings go to `<out>.settings.json`,
 which `--resume` compares (keys, tokenizer, test, alpha, search, trust anchors, format; exit 2 on a
 difference). Resume keys rows on the resolved real path (`guard.detect.scan`).
+
+`--device` (also on `guard calibrate`) is where the tokenizers that re-quantize images run (the key's and
+every `--fingerprint` calibration's; `guard.detect.DetectorSpec.device`): images are read on the CPU and
+moved per batch, the statistics stay on the CPU, so the records are the same on any device. A bad or
+missing device, or a model kind that takes none (the reference model), exits 2 in one line, as for
+`guard keygen`; `--engine ray` accepts only the CPU (its actors ask Ray for CPUs only).
 
 `folder` and `manifest` take the same options (`ScanOptions`, declared once); `image` takes them but the
 Ray ones. Every engine builds its detector with `guard.detect.DetectorSpec`, so `--trust-anchors` works
@@ -45,8 +52,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ConfigError, ExitCode, ImageError
-from ._common import (TOKENIZER_HELP, Test, app, choices, exit_on_error, info, is_tty_stderr, model_help,
-                      refuse_clobber, resolve_model)
+from ._common import (DEVICE_HELP, TOKENIZER_HELP, Test, app, choices, exit_on_error, info, is_tty_stderr,
+                      model_help, refuse_clobber, resolve_model)
 
 detect_app = typer.Typer(help="Detect watermarks in image files (a folder, or files).", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
@@ -79,6 +86,7 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per t
 ModelOpt = Annotated[str, typer.Option("--model", help=model_help("Whose tokenizer re-quantizes images (at the "
                                                                   "geometry the key was made for)."))]
 TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help=TOKENIZER_HELP)]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 EngineOpt = Annotated[Engine, typer.Option("--engine", help="'local' (this process) or 'ray' (Ray Data: decode "
                                                             "tasks + a detection actor pool; needs the 'ray' "
@@ -117,6 +125,7 @@ class ScanOptions:
     batch_size: int = 64
     model: str = "reference"
     tokenizer: str | None = None
+    device: str | None = None
     trust_anchors: Path | None = None
     fingerprint: list[Path] | None = None
     fingerprint_alpha: float = 1e-2
@@ -128,7 +137,8 @@ class ScanOptions:
 
 _SCAN_OPTION_TYPES = {"key": KeysOpt, "format": FormatOpt, "out": OutOpt, "alpha": AlphaOpt, "search": SearchOpt,
                       "test": TestOpt, "resume": ResumeOpt, "workers": WorkersOpt, "batch_size": BatchOpt,
-                      "model": ModelOpt, "tokenizer": TokenizerOpt, "trust_anchors": TrustAnchorsOpt,
+                      "model": ModelOpt, "tokenizer": TokenizerOpt, "device": DeviceOpt,
+                      "trust_anchors": TrustAnchorsOpt,
                       "fingerprint": FingerprintOpt, "fingerprint_alpha": FingerprintAlphaOpt, "engine": EngineOpt,
                       "address": AddressOpt, "num_workers": NumWorkersOpt, "shard_format": ShardFormatOpt}
 RAY_OPTIONS = ("engine", "address", "num_workers", "shard_format")
@@ -174,7 +184,7 @@ def _detector(opts: ScanOptions):
         keys = tuple(resolve_keys(opts.key, log=info))
     spec = DetectorSpec(keys=keys, model=resolve_model(opts.model, opts.tokenizer), test=opts.test.value, alpha=opts.alpha, search=opts.search,
                         batch_size=opts.batch_size, provenance=ManifestReader(opts.trust_anchors),
-                        fingerprints=cals, fingerprint_alpha=opts.fingerprint_alpha)
+                        fingerprints=cals, fingerprint_alpha=opts.fingerprint_alpha, device=opts.device)
     det = spec.build()
     info(spec.describe(det) + (f"; engine ray ({opts.address or 'local cluster'})" if opts.engine is Engine.ray
                                else ""))
@@ -283,6 +293,10 @@ def _run_scan(paths: list[str], opts: ScanOptions, *, protected: list[tuple[str,
     if opts.resume and opts.out is None:
         raise ConfigError("--resume needs --out FILE (the file to continue)")
     refuse_clobber("--out", opts.out, inputs=paths, protected=[*_protected(opts), *(protected or [])])
+    if opts.engine is Engine.ray:
+        from ..detect.ray_engine import check_device
+
+        check_device(opts.device)           # before any tokenizer is loaded
     spec, det = _detector(opts)
     settings = _settings(opts, det)
     if opts.engine is Engine.ray:
@@ -422,6 +436,7 @@ def calibrate(
     workers: WorkersOpt = 4,
     batch_size: BatchOpt = 64,
     model: ModelOpt = "reference",
+    device: DeviceOpt = None,
 ) -> None:
     """Empirical false-positive rate at alpha 1e-1 … 1e-4 (Clopper–Pearson 95% CI) on clean images; or, with
     --fingerprint REAL_DIR --out FILE, the calibration of key-free detection."""
@@ -434,7 +449,7 @@ def calibrate(
                 raise ConfigError("--fingerprint REAL_DIR calibrates key-free detection and takes no DIR, --key or "
                                   "--out-plot; run the watermark calibration separately")
             raise typer.Exit(_calibrate_fingerprint(fingerprint, out, recursive=recursive, batch_size=batch_size,
-                                                    model=model, fmt=format))
+                                                    model=model, fmt=format, device=device))
         if directory is None:
             raise ConfigError("give DIR (clean images, watermark calibration) or --fingerprint REAL_DIR --out FILE")
         if out is not None:
@@ -447,7 +462,7 @@ def calibrate(
         if not paths:
             raise ConfigError(f"no image files in {directory}")
         refuse_clobber("--out-plot", out_plot, inputs=paths, protected=_protected(ScanOptions(key=key)))
-        _, det = _detector(ScanOptions(key=key, test=test, batch_size=batch_size, model=model))
+        _, det = _detector(ScanOptions(key=key, test=test, batch_size=batch_size, model=model, device=device))
         with _progress(len(paths)) as adv:
             cal = calibrate_paths(det, paths, workers=workers, on_batch=adv)
         for w in cal.warnings:
@@ -485,7 +500,7 @@ def _absolute_spec(spec: str) -> str:
 
 
 def _calibrate_fingerprint(real_dir: Path, out: Path | None, *, recursive: bool, batch_size: int, model: str,
-                           fmt) -> int:
+                           fmt, device: str | None = None) -> int:
     """`guard calibrate --fingerprint REAL_DIR --out FILE`; returns the exit code."""
     import numpy as np
 
@@ -505,7 +520,7 @@ def _calibrate_fingerprint(real_dir: Path, out: Path | None, *, recursive: bool,
         raise ConfigError(f"no image files in {real_dir}")
     refuse_clobber("--out", out, inputs=paths)
     spec = _absolute_spec(model)
-    tok = load_tokenizer(spec)
+    tok = load_tokenizer(spec, device=device)
     with _progress(len(paths)) as adv:
         cal = calibrate_fingerprint(tok, paths, model=spec, batch_size=batch_size, source=str(real_dir), on_batch=adv)
     cal.save(out)

@@ -530,6 +530,12 @@ class DetectorSpec:
             tokenizer); with them `keys` may be empty. Without keys the records' tokenizer is the first
             calibration's.
         fingerprint_alpha: a fingerprint hit is corrected fingerprint p <= this (default 1e-2).
+        device: where the loaded tokenizers run (the key's and every fingerprint calibration's): "cpu",
+            "cuda", "cuda:N"; None lets each model kind choose (CUDA when available). Passed to
+            `guard.models.load_tokenizer`, which refuses a kind that takes no device option and a device this
+            machine lacks (`ConfigError`/`ModelError`, one line). Images are read on the CPU and moved to the
+            tokenizer per batch; codes come back to the CPU and the statistics run there, so the records do
+            not depend on it. A `tokenizer` given to `build` is used where it is.
 
     Example:
         >>> spec = DetectorSpec(keys=(WatermarkKey.load("my.key"),), search=True)     # doctest: +SKIP
@@ -548,6 +554,7 @@ class DetectorSpec:
     decode_budget_bytes: int = DECODE_BUDGET_BYTES
     fingerprints: tuple = ()
     fingerprint_alpha: float = 1e-2
+    device: str | None = None
 
     def build(self, tokenizer: Any = None) -> Detector:
         """The `Detector` (loads the tokenizer unless given; derives each key's green lists)."""
@@ -559,11 +566,11 @@ class DetectorSpec:
         if tokenizer is not None:
             tok = tokenizer
         elif self.keys:
-            tok = load_tokenizer(self.model)
+            tok = load_tokenizer(self.model, device=self.device)
         else:
-            tok = load_tokenizer(self.fingerprints[0].model)
-        fp = Fingerprinter(self.fingerprints, alpha=self.fingerprint_alpha, batch_size=self.batch_size, reuse=tok) \
-            if self.fingerprints else None
+            tok = load_tokenizer(self.fingerprints[0].model, device=self.device)
+        fp = Fingerprinter(self.fingerprints, alpha=self.fingerprint_alpha, batch_size=self.batch_size, reuse=tok,
+                           device=self.device) if self.fingerprints else None
         lists = [GreenLists(k, tok) for k in self.keys]
         return Detector(lists, tok, test=self.test, alpha=self.alpha, search=self.search,
                         batch_size=self.batch_size, max_pixels=self.max_pixels, provenance=self.provenance,

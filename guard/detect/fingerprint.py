@@ -360,6 +360,8 @@ class Fingerprinter:
             calibration nothing can be a hit, so that is refused.
         batch_size: images per tokenizer call.
         reuse: a tokenizer already loaded (the watermark detector's), used for the calibration made with it.
+        device: where the tokenizers loaded here run ("cpu", "cuda", "cuda:N"; None: the kind's default),
+            passed to `guard.models.load_tokenizer`. Scores and p-values are computed on the CPU either way.
 
     Raises:
         ConfigError: no calibration, a tokenizer given twice, different image sizes, an alpha no p can reach,
@@ -367,7 +369,7 @@ class Fingerprinter:
     """
 
     def __init__(self, calibrations: Sequence[FingerprintCalibration], tokenizers: Sequence | None = None, *,
-                 alpha: float = 1e-2, batch_size: int = 64, reuse: Any = None) -> None:
+                 alpha: float = 1e-2, batch_size: int = 64, reuse: Any = None, device: str | None = None) -> None:
         cals = list(calibrations)
         if not cals:
             raise ConfigError("Fingerprinter needs at least one calibration")
@@ -388,7 +390,7 @@ class Fingerprinter:
                               f"(= {m} x 1/(n+1)), so nothing could be a hit; calibrate on at least "
                               f"{math.ceil(m / alpha) - 1} real images or raise the alpha")
         if tokenizers is None:
-            tokenizers = [reuse if reuse is not None and reuse.id == c.tokenizer_id else _load_tokenizer(c)
+            tokenizers = [reuse if reuse is not None and reuse.id == c.tokenizer_id else _load_tokenizer(c, device)
                           for c in cals]
         tokenizers = list(tokenizers)
         if len(tokenizers) != m:
@@ -451,10 +453,10 @@ class Fingerprinter:
         return f"fingerprint: {parts}; smallest corrected p {floor:.3g}; hit at p <= {self.alpha:g}"
 
 
-def _load_tokenizer(cal: FingerprintCalibration):
+def _load_tokenizer(cal: FingerprintCalibration, device: str | None = None):
     from ..models import load_tokenizer
 
-    return load_tokenizer(cal.model)
+    return load_tokenizer(cal.model, device=device)
 
 
 def empty_fields() -> dict:

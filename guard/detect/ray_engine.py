@@ -32,6 +32,10 @@ file, ignored and cleaned). Ray restarts a killed actor and re-runs its unfinish
 after a commit rewrites the same shard name with the same rows, and the merge keeps one row per path
 anyway. Resume (`resume=True`) skips every path already in the merged output or in a committed shard.
 
+Device: the actors ask Ray for CPUs only (Ray hides the GPUs from such actors), so a `spec.device` other
+than the CPU is refused in one line (`check_device`); `device="cpu"` travels in the spec and every actor
+loads its tokenizer there. GPU detection is the local engine's (`guard detect ... --device cuda`).
+
 The key's secret reaches the actors inside Ray's object store (pickled `WatermarkKey`), never argv,
 logs or results. On a multi-node cluster, enable Ray's TLS if the network between nodes is not trusted.
 """
@@ -63,7 +67,7 @@ from .scan import (FORMATS, JsonlWriter, ResumeState, ScanSummary, _clean, open_
                    resolve_path, unique_paths)
 
 __all__ = ["DetectorSpec", "ShardStore", "RayScanResult", "WorkerStats", "ray_scan", "ray_cluster",
-           "SHARD_FORMATS", "shards_dir_for"]
+           "SHARD_FORMATS", "shards_dir_for", "check_device"]
 
 SHARD_FORMATS = ("jsonl", "parquet")
 DECODE_CPUS = 0.5               # logical CPUs one read/decode task asks for
@@ -355,6 +359,23 @@ class RayScanResult:
     actor_cpus: float = 0.0
 
 
+def check_device(device: str | None) -> None:
+    """Refuse (ConfigError, one line) a tokenizer device the Ray engine cannot honour: anything but the CPU.
+
+    The detection actors ask Ray for CPUs only, and Ray hides the GPUs from such actors; None (each kind's
+    default, the CPU inside an actor) and "cpu" / "cpu:N" are accepted.
+    """
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind != "cpu":
+        raise ConfigError(f"the ray engine runs its detection actors on CPUs only; device {str(device)!r} needs "
+                          f"the local engine (--engine local), or use --device cpu")
+
+
 def _plan_cpus(total_cpus: float, num_workers: int) -> float:
     """Logical CPUs per detection actor so that one decode task always fits beside the pool."""
     free = max(total_cpus - DECODE_CPUS, 0.1)
@@ -376,7 +397,8 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
 
     Args:
         paths: image files in output order (duplicates scanned once).
-        spec: how to build the detector (keys, model, test, alpha, search, batch size).
+        spec: how to build the detector (keys, model, test, alpha, search, batch size, device: None or the
+            CPU, see `check_device`).
         out: the merged output file; its shards go to `<out>.shards/`. Without `out`, the merged rows go
             to `stream` and the shards to a temp folder (local clusters only).
         stream: where to write the merged output when `out` is None (e.g. sys.stdout).
@@ -396,8 +418,10 @@ def ray_scan(paths: Sequence, spec: DetectorSpec, *, out: str | os.PathLike | No
     Paths are keyed on their real path (`guard.detect.scan.resolve_path`), as in the local scan.
 
     Raises:
-        ConfigError: bad options, Ray missing, a cluster that cannot be joined, an unresumable output.
+        ConfigError: bad options, a device other than the CPU, Ray missing, a cluster that cannot be joined,
+            an unresumable output.
     """
+    check_device(spec.device)
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if shard_format not in SHARD_FORMATS:

@@ -169,13 +169,35 @@ def config_id(ckpt: Path) -> str:
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or CUDA when available, else CPU."""
+    """`device`, or CUDA when available, else CPU.
+
+    Raises ConfigError (one line) for a name torch does not know and for a device this machine lacks
+    (CUDA without a driver or a GPU, `cuda:N` past the last GPU, an unavailable backend such as mps), before
+    any weights are moved there.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: CUDA is not available on this machine (no GPU or driver, "
+                              f"or a CPU-only torch); use 'cpu'")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {str(device)!r}: this machine has {n} CUDA device{'s' if n != 1 else ''} "
+                              f"(cuda:0 to cuda:{n - 1})")
+        return dev
+    try:                                    # other backends (mps, xpu, ...): can a tensor live there?
+        torch.empty(0, device=dev)
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError, AssertionError... per backend
+        raise ConfigError(f"device {str(device)!r} is not available on this machine; use 'cpu', 'cuda' or "
+                          f"'cuda:N'") from None
+    return dev
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
