@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -251,53 +252,59 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(b, c, h, w)
 
 
-def _robustness_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """What happens to a saved and shared image: always 8-bit rounding; then per image one of clean (40%),
-    Gaussian noise (sigma 0.005-0.08), JPEG (quality 25-95), Gaussian blur (sigma 0.3-1.5), brightness
-    (x0.6-1.6, clipped), a down-up resize (to 40-60 px and back, bilinear); the wmar recipe's attacks."""
-    x = uint8_roundtrip(x)
-    b = len(x)
-    kind = torch.randint(0, 10, (b,), generator=gen)
-    u = lambda lo, hi: torch.empty(b, 1, 1, 1).uniform_(lo, hi, generator=gen)  # noqa: E731
-    noise = x + torch.randn(x.shape, generator=gen) * u(0.005, 0.08)
-    blur = _blur(x, u(0.3, 1.5).flatten())
-    bright = x * u(0.6, 1.6)
-    jpeg = _jpeg_ste(x, torch.randint(25, 96, (b,), generator=gen))
-    size = int(torch.randint(40, 61, (), generator=gen))
-    small = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    resized = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    pick = lambda lo, hi: ((kind >= lo) & (kind < hi)).view(b, 1, 1, 1).float()  # noqa: E731
-    out = (x * pick(0, 4) + noise * pick(4, 5) + jpeg * pick(5, 7) + blur * pick(7, 8) + bright * pick(8, 9)
-           + resized * pick(9, 10))
-    return uint8_roundtrip(out.clamp(0, 1))
+@dataclass(frozen=True)
+class AugmentMix:
+    """Per image one of clean / noise / JPEG / blur / brightness / contrast / down-up resize, drawn with these
+    integer weights, at uniformly drawn strengths in these ranges; optionally a second JPEG save."""
+    weights: tuple[int, int, int, int, int, int, int]  # clean, noise, jpeg, blur, brightness, contrast, resize
+    noise: tuple[float, float]
+    jpeg: tuple[int, int]  # quality, high end exclusive
+    blur: tuple[float, float]
+    brightness: tuple[float, float]
+    contrast: tuple[float, float]
+    resize: tuple[int, int]  # px, high end exclusive
+    rejpeg: float = 0.0  # share of noise/JPEG(…)/blur/… images saved once more as JPEG quality 50-95
 
 
-def _attack_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The evaluation's attacks at and past their reported strengths (wmar "FT+Augs"), for encoder fine-tuning:
-    always 8-bit rounding; then per image one of clean (25%), Gaussian noise (sigma 0.01-0.13), JPEG
-    (quality 20-95), Gaussian blur (sigma 0.4-2.0, torchvision's default for kernel 9 is 1.7), brightness
-    (x0.5-2.2, clipped), contrast (x0.5-1.8), a down-up resize (to 32-60 px and back); half of the attacked
-    images are then saved once more as JPEG (quality 50-95), as shared pictures are."""
+# What happens to a saved and shared image (stage 1's idempotence, stage 2's --aug mild): clean 40%, noise
+# sigma 0.005-0.08, JPEG 25-95, blur sigma 0.3-1.5, brightness x0.6-1.6 (clipped), resize to 40-60 px and back.
+MILD = AugmentMix((4, 1, 2, 1, 1, 0, 1), (0.005, 0.08), (25, 96), (0.3, 1.5), (0.6, 1.6), (1.0, 1.0), (40, 61))
+# The evaluation's attacks at and past their reported strengths (wmar "FT+Augs", --aug attacks): clean 25%,
+# noise up to 0.13, JPEG >= 20, blur sigma up to 2.0 (torchvision's default for kernel 9 is 1.7), brightness
+# x0.5-2.2, contrast x0.5-1.8, resize to 32-60 px; half of the noise/blur/brightness/contrast/resize images
+# are saved once more as JPEG.
+ATTACKS = AugmentMix((5, 3, 4, 3, 2, 1, 2), (0.01, 0.13), (20, 96), (0.4, 2.0), (0.5, 2.2), (0.5, 1.8), (32, 61),
+                     rejpeg=0.5)
+
+
+def _mixed_augment(x: torch.Tensor, gen: torch.Generator, mix: AugmentMix) -> torch.Tensor:
+    """Always 8-bit rounding, then one attack of `mix` per image (see `AugmentMix`), then 8-bit rounding."""
     x = uint8_roundtrip(x)
     b = len(x)
-    kind = torch.randint(0, 20, (b,), generator=gen)
+    edges = torch.tensor(mix.weights).cumsum(0)
+    kind = torch.randint(0, int(edges[-1]), (b,), generator=gen)
     u = lambda lo, hi: torch.empty(b, 1, 1, 1).uniform_(lo, hi, generator=gen)  # noqa: E731
-    noise = x + torch.randn(x.shape, generator=gen) * u(0.01, 0.13)
-    blur = _blur(x, u(0.4, 2.0).flatten())
-    bright = x * u(0.5, 2.2)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = mean + (x - mean) * u(0.5, 1.8)
-    jpeg = _jpeg_ste(x, torch.randint(20, 96, (b,), generator=gen))
-    size = int(torch.randint(32, 61, (), generator=gen))
+    noise = x + torch.randn(x.shape, generator=gen) * u(*mix.noise)
+    blur = _blur(x, u(*mix.blur).flatten())
+    bright = x * u(*mix.brightness)
+    if mix.weights[5]:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        contrast = mean + (x - mean) * u(*mix.contrast)
+    else:
+        contrast = x
+    jpeg = _jpeg_ste(x, torch.randint(*mix.jpeg, (b,), generator=gen))
+    size = int(torch.randint(*mix.resize, (), generator=gen))
     small = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     resized = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    pick = lambda lo, hi: ((kind >= lo) & (kind < hi)).view(b, 1, 1, 1).float()  # noqa: E731
-    out = (x * pick(0, 5) + noise * pick(5, 8) + jpeg * pick(8, 12) + blur * pick(12, 15) + bright * pick(15, 17)
-           + contrast * pick(17, 18) + resized * pick(18, 20))
+    lo = [0] + edges.tolist()[:-1]
+    pick = lambda i: ((kind >= lo[i]) & (kind < int(edges[i]))).view(b, 1, 1, 1).float()  # noqa: E731
+    out = sum(img * pick(i) for i, img in enumerate((x, noise, jpeg, blur, bright, contrast, resized)))
     out = uint8_roundtrip(out.clamp(0, 1))
-    again = (torch.rand(b, generator=gen) < 0.5) & (kind >= 5) & ((kind < 8) | (kind >= 12))
-    if again.any():
-        out = torch.where(again.view(b, 1, 1, 1), _jpeg_ste(out, torch.randint(50, 96, (b,), generator=gen)), out)
+    if mix.rejpeg:
+        jpeg_kind = (kind >= lo[2]) & (kind < int(edges[2]))
+        again = (torch.rand(b, generator=gen) < mix.rejpeg) & (kind >= lo[1]) & ~jpeg_kind
+        if again.any():
+            out = torch.where(again.view(b, 1, 1, 1), _jpeg_ste(out, torch.randint(50, 96, (b,), generator=gen)), out)
     return out
 
 
@@ -377,10 +384,9 @@ def _train_vq_fsq(args, model, x_all, x_test, t0) -> None:
                 top = lv.expand_as(q_t).gather(1, ch) - 1
                 moved = torch.where((moved < 0) | (moved > top), q_t.gather(1, ch) - step_, moved)
                 q_t = torch.where(nb & (torch.arange(q_t.shape[1]).view(1, -1, 1, 1) == ch), moved.expand_as(q_t), q_t)
-            augment = _attack_augment if args.aug == "attacks" else _robustness_augment
             with torch.set_grad_enabled(not args.freeze_decoder):
                 decoded = model.decoder(model.levels_to_latent(q_t))
-            img = augment(decoded, gen)
+            img = _mixed_augment(decoded, gen, ATTACKS if args.aug == "attacks" else MILD)
             zb2 = model.bounded(img)
             dist = (zb2 - q_t).abs()
             hinge = F.relu(dist - args.margin).pow(2)
