@@ -7,7 +7,7 @@ must give the very records of a scan without it), a bad device that crashes (exi
 cannot give its CPU-only actors (refused in one line instead).
 
 The round trip runs on tiny LlamaGen checkpoints written by the test (the llamagen kind takes a device;
-the reference kind takes none, which is refused in one line, as by `guard keygen`).
+the reference kind takes `--device` as well).
 """
 
 from __future__ import annotations
@@ -185,12 +185,30 @@ def test_a_bad_device_exits_2_in_one_line_like_keygen(world, device):
     assert cal.exit_code == 2 and _one_error_line(cal) == line
 
 
-def test_a_kind_without_a_device_option_is_refused_like_keygen(world, tmp_path):
+def test_reference_takes_device_cpu_and_refuses_a_missing_gpu_in_one_line(world, tmp_path):
+    """The reference kind takes `--device` too: on the CPU the records equal a scan without it, and the
+    generator's codes equal the default's; a device this machine lacks is one line, exit 2 (or, with a GPU,
+    the records are the same there)."""
+    from guard.models import load
+
     ref_key = tmp_path / "ref.json"
-    _ok(runner.invoke(app, ["keygen", "--out", str(ref_key), "--lists", "2"]))
-    r = runner.invoke(app, ["detect", "folder", str(world["wm"]), "--key", str(ref_key), "--device", "cpu"])
-    assert r.exit_code == 2
-    assert "model kind 'reference' does not take a device option" in _one_error_line(r)
+    _ok(runner.invoke(app, ["keygen", "--out", str(ref_key), "--lists", "2", "--device", "cpu"]))
+    wm = tmp_path / "wm"
+    _ok(runner.invoke(app, ["watermark", "generate", "--key", str(ref_key), "--prompt", "a red circle", "-n", "2",
+                            "--seed", "0", "--out", str(wm), "--device", "cpu"]))
+    rows = {}
+    for extra in ((), ("--device", "cpu")):
+        r = runner.invoke(app, ["detect", "folder", str(wm), "--key", str(ref_key), "--format", "jsonl", *extra])
+        assert r.exit_code in (0, 1), r.output
+        rows[extra] = [{k: v for k, v in json.loads(line).items() if k != "elapsed_ms"}
+                       for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(rows[()]) == 2 and rows[()] == rows[("--device", "cpu")]
+    a = load("reference").generate(["a red circle"], n=2, seed=3)
+    b = load("reference", device="cpu").generate(["a red circle"], n=2, seed=3)
+    assert torch.equal(a, b) and b.device.type == "cpu"
+    if not torch.cuda.is_available():
+        r = runner.invoke(app, ["detect", "folder", str(wm), "--key", str(ref_key), "--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA is not available" in _one_error_line(r)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "nonsense"])

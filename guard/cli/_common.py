@@ -56,7 +56,8 @@ def model_help(what: str) -> str:
     return f"{what} {MODEL_HELP}"
 
 
-DEVICE_HELP = "Device for real models: 'cpu', 'cuda', 'cuda:N' (default: CUDA when available, else the CPU)."
+DEVICE_HELP = ("Device: 'cpu', 'cuda', 'cuda:N' (default for real models: CUDA when available, else the CPU; the "
+               "reference model: the CPU).")
 DTYPE_HELP = "Generator weights dtype for real models (default: bfloat16 on CUDA, float32 on the CPU)."
 TOKENIZER_HELP = ("Your own tokenizer: 'package.module:callable' returning a guard Tokenizer (importable on "
                   "PYTHONPATH); the same as --model factory:package.module:callable.")

@@ -26,7 +26,7 @@ difference). Resume keys rows on the resolved real path (`guard.detect.scan`).
 `--device` (also on `guard calibrate`) is where the tokenizers that re-quantize images run (the key's and
 every `--fingerprint` calibration's; `guard.detect.DetectorSpec.device`): images are read on the CPU and
 moved per batch, the statistics stay on the CPU, so the records are the same on any device. A bad or
-missing device, or a model kind that takes none (the reference model), exits 2 in one line, as for
+missing device, or a model kind that takes none, exits 2 in one line, as for
 `guard keygen`; `--engine ray` accepts only the CPU (its actors ask Ray for CPUs only).
 
 `folder` and `manifest` take the same options (`ScanOptions`, declared once); `image` takes them but the

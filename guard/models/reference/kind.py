@@ -39,16 +39,22 @@ EVAL_SEED_BASE = 20_000_000
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _load(path: str, spec: str):
+def _load(path: str, spec: str, device: str | None = None):
+    from .._hf_common import pick_device
     from .model import load_reference
 
-    return load_reference(Path(path)) if path else load_reference()
+    dev = pick_device(device) if device is not None else None     # checked before any weights are read
+    gen = load_reference(Path(path)) if path else load_reference()
+    return gen.to(dev) if dev is not None else gen
 
 
-def _load_tokenizer(path: str, spec: str):
+def _load_tokenizer(path: str, spec: str, device: str | None = None):
+    from .._hf_common import pick_device
     from .model import load_tokenizer
 
-    return load_tokenizer(Path(path)) if path else load_tokenizer()
+    dev = pick_device(device) if device is not None else None
+    tok = load_tokenizer(Path(path)) if path else load_tokenizer()
+    return tok.to(dev) if dev is not None else tok
 
 
 def _owns(generator) -> bool:
@@ -326,5 +332,6 @@ class ReferenceJudge:
 KIND = ModelKind(
     name="reference", spec="reference[:DIR]", load=_load, load_tokenizer=_load_tokenizer, owns=_owns,
     ear_model=ReferenceEarModel, concept_stream=lambda generator: ReferenceConceptStream(generator.gpt),
-    prompts=ReferencePrompts, judge=ReferenceJudge)
-"""The embedded reference generator: every capability."""
+    prompts=ReferencePrompts, judge=ReferenceJudge, load_options=("device",))
+"""The embedded reference generator: every capability. It runs on the CPU unless a `device` is given (it is
+small enough that the CPU is the default even where CUDA is available)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 import os
@@ -94,6 +96,20 @@ class ReferenceTokenizer:
     def alive(self) -> torch.Tensor | None:
         return self._alive
 
+    @property
+    def device(self) -> torch.device:
+        """Where the VQ runs; images and codes go in and come back on the CPU."""
+        return next(self.vq.parameters()).device
+
+    def to(self, device: str | torch.device) -> "ReferenceTokenizer":
+        """A copy of this tokenizer on `device` (this one, and the cached one it came from, stay put)."""
+        dev = torch.device(device)
+        if dev == self.device:
+            return self
+        other = copy.copy(self)
+        other.vq = copy.deepcopy(self.vq).to(dev).eval()
+        return other
+
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1:] != (3, 64, 64):
             raise ConfigError(f"images must be float (B,3,64,64) in [0,1], got shape {tuple(images.shape)}")
@@ -101,8 +117,8 @@ class ReferenceTokenizer:
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self._check_images(images)
-        images = images.float()
-        return torch.cat([self.vq.encode(images[i:i + self.batch_size])
+        images, dev = images.float(), self.device
+        return torch.cat([self.vq.encode(images[i:i + self.batch_size].to(dev)).cpu()
                           for i in range(0, len(images), self.batch_size)]) if len(images) else \
             torch.empty(0, 16, 16, dtype=torch.long)
 
@@ -113,7 +129,8 @@ class ReferenceTokenizer:
         if len(codes) and (codes.min() < 0 or codes.max() >= self.vocab_size):
             raise ConfigError(f"codes must lie in [0, {self.vocab_size}), got range "
                               f"[{int(codes.min())}, {int(codes.max())}]")
-        return torch.cat([self.vq.decode(codes[i:i + self.batch_size])
+        dev = self.device
+        return torch.cat([self.vq.decode(codes[i:i + self.batch_size].to(dev)).cpu()
                           for i in range(0, len(codes), self.batch_size)])
 
     @torch.inference_mode()
@@ -141,6 +158,21 @@ class ReferenceGenerator:
     def tokenizer(self) -> ReferenceTokenizer:
         return self._tokenizer
 
+    @property
+    def device(self) -> torch.device:
+        """Where the GPT samples; prompts go in and codes come back on the CPU."""
+        return next(self.gpt.parameters()).device
+
+    def to(self, device: str | torch.device) -> "ReferenceGenerator":
+        """A copy of this generator (GPT and tokenizer) on `device`; the cached one stays put."""
+        dev = torch.device(device)
+        if dev == self.device:
+            return self
+        other = copy.copy(self)
+        other.gpt = copy.deepcopy(self.gpt).to(dev).eval()
+        other._tokenizer = self._tokenizer.to(dev)
+        return other
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -167,8 +199,8 @@ class ReferenceGenerator:
             processor_layout: "B" (processors see guided scores) or "2B" (cond then uncond rows, pre-guidance).
         """
         all_prompts = check_sampling_args(prompts, n, cfg, temperature, top_k, top_p, allow_empty=True)
-        text = tokenize_prompts(all_prompts)
-        gen = torch.Generator()
+        text = tokenize_prompts(all_prompts).to(self.device)
+        gen = torch.Generator(device=self.device)
         if seed is None:
             gen.seed()
         else:
@@ -178,7 +210,7 @@ class ReferenceGenerator:
             codes = self.gpt.sample(text[i:i + self.batch_size], cfg_scale=cfg, temperature=temperature, top_k=top_k,
                                     top_p=top_p, generator=gen, logits_processor=logits_processor,
                                     processor_layout=processor_layout)
-            out.append(codes.view(-1, 16, 16))
+            out.append(codes.view(-1, 16, 16).cpu())
         return torch.cat(out) if out else torch.empty(0, 16, 16, dtype=torch.long)
 
 
