@@ -335,3 +335,28 @@ def test_encoder_fine_tuning_keeps_the_decoder_bit_identical(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
     with pytest.raises(SystemExit, match="--freeze-decoder fine-tunes the encoder"):
         main(common + ["--out", str(tmp_path / "out2"), "--freeze-decoder"])
+
+
+def test_train_encoder_is_stage_two_of_the_vq_in_out(tmp_path):
+    """`train encoder` (the last step of `train all`) fine-tunes <out>/vq.safetensors with the decoder frozen,
+    keeps the stage-1 card section as `first_stage`, and refuses in one line when there is no VQ to start from."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from guard.models.reference.train import main
+
+    common = ["--workdir", str(tmp_path / "work"), "--n-train", "16", "--batch", "4", "--levels", "4,4,4",
+              "--channels", "8,16,16", "--threads", "1", "--log-every", "100", "--ckpt-every", "100"]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="train encoder fine-tunes a trained VQ"):
+        main(["encoder", "--out", str(out), "--steps", "2", *common])
+    main(["vq", "--out", str(out), "--steps", "2", "--crop", "0", *common])
+    stage1 = load_file(str(out / "vq.safetensors"))
+    main(["encoder", "--out", str(out), "--steps", "3", "--lr", "1e-2", *common])
+    stage2 = load_file(str(out / "vq.safetensors"))
+    assert all(torch.equal(stage1[k], stage2[k]) for k in stage1 if k.startswith("decoder."))
+    assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1 if k.startswith("encoder."))
+    vq = json.loads((out / "card.json").read_text())["components"]["vq"]
+    assert vq["freeze_decoder"] is True and vq["first_stage"]["freeze_decoder"] is False
+    assert vq["stop_after"] == 100                 # --stop-after 100 of the schedule unless given

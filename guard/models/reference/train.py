@@ -3,7 +3,8 @@
     python -m guard.models.reference.train vq --steps 3000 --out guard/models/reference/weights
     python -m guard.models.reference.train classifier --steps 1500
     python -m guard.models.reference.train gpt --steps 3000
-    python -m guard.models.reference.train all
+    python -m guard.models.reference.train encoder      # stage 2: the VQ's encoder, decoder frozen (wmar)
+    python -m guard.models.reference.train all          # vq, classifier, tokens, gpt, encoder
 
 Each component writes `<name>.safetensors` plus its section of `card.json` (command, seed, data
 version, metrics, wall time) into `--out`; checkpoints go to `--workdir` every `--ckpt-every` steps.
@@ -742,7 +743,9 @@ def train_gpt(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guard.models.reference.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("component", choices=["vq", "classifier", "gpt", "tokens", "all"])
+    p.add_argument("component", choices=["vq", "classifier", "gpt", "tokens", "encoder", "all"],
+                   help="encoder = the tokenizer's stage 2 (`vq` of <out>/vq.safetensors with the decoder frozen and "
+                        "the shipped stage-2 settings), run after tokens so the GPT keeps the stage-1 codes")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "guard" / "train")
     p.add_argument("--seed", type=int, default=0)
@@ -822,7 +825,33 @@ DEFAULTS = {
     "classifier": {"steps": 1500, "batch": 64, "lr": 2e-3, "n_train": 60000},
     "gpt": {"steps": 2400, "batch": 32, "lr": 1e-3, "n_train": 60000},
     "tokens": {"steps": 0, "batch": 250, "lr": 0.0, "n_train": 60000},
+    "encoder": {"steps": 300, "batch": 32, "lr": 2e-5, "n_train": 60000},
 }
+
+ENCODER_STAGE = {"freeze_decoder": True, "anchor_encoder": True, "anchor_weight": 0.0, "aug": "mild",
+                 "idem_frac": 1.0, "idem_weight": 1.0, "rec_weight": 0.0, "crop": 0}
+"""Stage 2 of the tokenizer as shipped (card.json -> vq.command): only the encoder learns, on decoded pictures
+after mild saving noise, to read back their codes; `--idem-clip` 1 and `--stop-after` 100 of the 300-step
+schedule unless given (the shipped checkpoint, chosen on validation scenes)."""
+
+
+def _train_encoder(a: argparse.Namespace) -> None:
+    """`train encoder`: stage 2 from <out>/vq.safetensors (or --init); the stage-1 card section is kept in
+    the new one as `first_stage`."""
+    for k, v in ENCODER_STAGE.items():
+        setattr(a, k, v)
+    a.idem_clip = 1.0 if a.idem_clip is None else a.idem_clip
+    a.stop_after = 100 if a.stop_after is None else a.stop_after
+    a.init = a.init or a.out / "vq.safetensors"
+    if not Path(a.init).is_file():
+        raise SystemExit(f"train encoder fine-tunes a trained VQ: {a.init} does not exist (train vq first, or give --init)")
+    card = a.out / "card.json"
+    first = json.loads(card.read_text()).get("components", {}).get("vq") if card.is_file() else None
+    train_vq(a)
+    if first is not None:
+        doc = json.loads(card.read_text())
+        doc["components"]["vq"]["first_stage"] = first
+        card.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -831,7 +860,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    comps = ["vq", "classifier", "tokens", "gpt"] if args.component == "all" else [args.component]
+    comps = ["vq", "classifier", "tokens", "gpt", "encoder"] if args.component == "all" else [args.component]
     for comp in comps:
         a = argparse.Namespace(**vars(args))
         for k, v in DEFAULTS[comp].items():
@@ -842,7 +871,10 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in {"idem_frac": 0.8 if fsq else 0.0, "idem_weight": 0.05 if fsq else 0.1}.items():
             if getattr(a, k) is None:
                 setattr(a, k, v)
-        globals()[{"vq": "train_vq", "classifier": "train_classifier", "tokens": "make_tokens", "gpt": "train_gpt"}[comp]](a)
+        if args.component == "all" and comp == "encoder":
+            a.init = None                              # stage 2 starts from the stage 1 just trained in --out
+        globals()[{"vq": "train_vq", "classifier": "train_classifier", "tokens": "make_tokens", "gpt": "train_gpt",
+                   "encoder": "_train_encoder"}[comp]](a)
 
 
 if __name__ == "__main__":
