@@ -74,3 +74,36 @@ def test_bad_arguments(tok, lists, images):
         watermark_image(images[:1], lists, tok, list_index=8)
     with pytest.raises(ConfigError, match=r"\(3, H, W\)"):
         watermark_image(images[:, :1], lists, tok)
+    with pytest.raises(ConfigError, match="max_drop"):
+        watermark_image(images[:1], lists, tok, max_drop=-1.0)
+    with pytest.raises(ConfigError, match="min_psnr"):
+        watermark_image(images[:1], lists, tok, min_psnr="30")
+
+
+def test_default_floor_follows_the_tokenizers_own_round_trip(tok, lists, tmp_path):
+    """Rendered scenes (never decoded) come back from the VQ at ~25 dB, so an absolute 30 dB floor leaves them
+    unmarked; the default floor (30 dB, or 3 dB below each image's round trip) marks them, the marks keep that
+    floor, and they are found from the saved PNGs."""
+    from guard.detect import Detector
+    from guard.imageio import load_image, save_png
+
+    x = torch.from_numpy(np.stack([shapes.render(shapes.sample_scene(40_000 + i, split="any")) for i in range(12)]))
+    x = x.permute(0, 3, 1, 2).float() / 255
+    idx = [i % 8 for i in range(12)]
+    absolute = watermark_image(x, lists, tok, list_index=idx, min_psnr=30.0)
+    default = watermark_image(x, lists, tok, list_index=idx)
+    rt = default.roundtrip_psnr
+    assert torch.equal(default.floor, torch.clamp(rt - 3.0, max=30.0))
+    assert torch.isfinite(rt).all() and float(rt.median()) < 30.0          # off the decoder's manifold
+    marked = default.iterations > 0
+    assert int(marked.sum()) >= 9 > int((absolute.iterations > 0).sum())
+    assert bool((default.psnr[marked] >= default.floor[marked]).all())
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"{i}.png")
+        save_png(default.images[i], paths[-1])
+    det = Detector(lists, tok, provenance=False)
+    found = [r.p_value <= 1e-4 for r in det.detect_images(torch.stack([load_image(p, 64).tensor for p in paths]))]
+    assert sum(found) >= 8                     # of 12 marked PNGs at alpha 1e-4
+    wider = watermark_image(x, lists, tok, list_index=idx, max_drop=10.0)
+    assert bool((wider.floor <= default.floor).all()) and int((wider.iterations > 0).sum()) >= int(marked.sum())

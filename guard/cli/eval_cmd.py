@@ -111,7 +111,9 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of prompts, sampling and attacks.")] = 0,
     cfg: Annotated[float, typer.Option("--cfg", help="Guidance scale for generation and AR resampling.")] = 3.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per chunk.")] = 64,
-    min_psnr: Annotated[float, typer.Option("--min-psnr", help="Post-hoc marking PSNR floor (dB).")] = 30.0,
+    min_psnr: Annotated[float | None, typer.Option(
+        "--min-psnr", help="Post-hoc marking: an absolute PSNR floor (dB); default 30 dB or 3 dB below each "
+                           "scene's round trip through the tokenizer.")] = None,
     wm_dir: Annotated[Path | None, typer.Option("--wm-dir", help="Watermarked images (mode folders).")] = None,
     clean_dir: Annotated[Path | None, typer.Option("--clean-dir", help="Clean images (mode folders).")] = None,
     model: Annotated[str, typer.Option("--model", help="Model spec ('reference').")] = "reference",

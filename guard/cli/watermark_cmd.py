@@ -1,7 +1,7 @@
 """`guard watermark generate|posthoc`: watermarked generation and post-hoc marking of existing images.
 
     guard watermark generate --prompt "a big red disc in the upper left" -n 4 --out wm/
-    guard watermark posthoc photo1.png photo2.jpg --out marked/ --min-psnr 30
+    guard watermark posthoc photo1.png photo2.jpg --out marked/        # 30 dB, or round trip - 3 dB
 
 Both write PNGs plus `manifest.jsonl` (one `guard.watermark.ManifestRow` per image, the same keys in both
 commands) into --out, print the PNG paths on stdout and log to stderr. Inputs of posthoc are read by
@@ -173,8 +173,12 @@ def posthoc(
     sign: SignOpt = None,
     sign_key: SignKeyOpt = None,
     tsa: TsaOpt = None,
-    min_psnr: Annotated[float, typer.Option("--min-psnr", help="PSNR floor in dB against the input; iterates "
-                                                               "below it are not kept.")] = 30.0,
+    min_psnr: Annotated[float | None, typer.Option(
+        "--min-psnr", help="An absolute PSNR floor in dB against the input; iterates below it are not kept. Default: "
+                           "30 dB, or --max-drop dB below the image's own round trip through the tokenizer when "
+                           "that is lower.")] = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="With the default floor: at most this many "
+                                                                        "dB below the image's round trip.")] = 3.0,
     max_iters: Annotated[int, typer.Option("--max-iters", min=1, help="At most this many swap rounds.")] = 5,
     model: ModelOpt = "reference",
     tokenizer: Annotated[str | None, typer.Option("--tokenizer", help=TOKENIZER_HELP)] = None,
@@ -196,8 +200,7 @@ def posthoc(
         gl = GreenLists(wm_key, tok)
         signer = _open_signer(sign, sign_key, tsa)
         size = tok.image_size
-        base = dict(mode="posthoc", key_id=wm_key.key_id, tokenizer_id=tok.id, min_psnr=min_psnr,
-                    geometry=Geometry.of(tok).to_json())
+        base = dict(mode="posthoc", key_id=wm_key.key_id, tokenizer_id=tok.id, geometry=Geometry.of(tok).to_json())
         with open(out / MANIFEST_NAME, "w", encoding="utf-8") as mf:
             for start in range(0, len(images), batch_size):
                 chunk = list(enumerate(images[start:start + batch_size], start))
@@ -208,14 +211,15 @@ def posthoc(
                     except ImageError as e:
                         failed += 1
                         info(f"error: {path}: {e}")
-                        mf.write(ManifestRow(file=None, index=i, source=str(path), error=str(e), **base).to_json()
-                                 + "\n")
+                        mf.write(ManifestRow(file=None, index=i, source=str(path), error=str(e), min_psnr=min_psnr,
+                                             **base).to_json() + "\n")
                         continue
                     loaded.append(img.tensor)
                     meta.append((i, path, (img.width, img.height) if img.resize != "none" else None))
                 if not loaded:
                     continue
-                res = watermark_image(torch.stack(loaded), gl, tok, min_psnr=min_psnr, max_iters=max_iters)
+                res = watermark_image(torch.stack(loaded), gl, tok, min_psnr=min_psnr, max_drop=max_drop,
+                                      max_iters=max_iters)
                 for j, (i, path, original) in enumerate(meta):
                     name = f"{i:05d}_{path.stem}.png"
                     save_png(res.images[j], out / name)
@@ -234,11 +238,12 @@ def posthoc(
                         green_share_before=round(float(res.green_share_before[j]), 6),
                         green_share_after=round(float(res.green_share_after[j]), 6),
                         iterations=int(res.iterations[j]), resized_from=list(original) if original else None,
-                        c2pa_signer=signer.material.signer_name if signer is not None else None, **base)
+                        c2pa_signer=signer.material.signer_name if signer is not None else None,
+                        min_psnr=round(float(res.floor[j]), 3), **base)
                     mf.write(row.to_json() + "\n")
                     if row.iterations == 0:
-                        info(f"warning: {path}: no iterate kept the PSNR >= {min_psnr} dB while raising the green "
-                             f"share; written unchanged (lower --min-psnr to mark it)")
+                        info(f"warning: {path}: no iterate kept the PSNR >= {row.min_psnr} dB while raising the "
+                             f"green share; written unchanged (lower --min-psnr, or raise --max-drop, to mark it)")
                     typer.echo(str(out / name))
         info(f"wrote {len(images) - failed} image(s) and {out / MANIFEST_NAME}"
              + (f"; {failed} unreadable" if failed else "") + (", signed" if signer is not None else ""))

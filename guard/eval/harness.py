@@ -89,7 +89,8 @@ class EvalConfig:
         seed: seeds prompts, sampling, list indices and attack randomness.
         cfg: guidance scale for generation and AR resampling.
         batch_size: images per chunk (generation, attack and detection).
-        min_psnr: post-hoc marking floor (mode "posthoc").
+        min_psnr: post-hoc marking floor (mode "posthoc"); None = `watermark_image`'s default (30 dB, or 3 dB
+            below each scene's round trip through the tokenizer).
         wm_dir, clean_dir: folders of images (mode "folders").
         clip: a CLIP judge spec `clip:ARCH@PATH` (local open_clip weights): adds the watermark's quality
             cost as CLIPScore of each population against its prompts (modes soft/hard) to the summary.
@@ -114,7 +115,7 @@ class EvalConfig:
     seed: int = 0
     cfg: float = 3.0
     batch_size: int = 64
-    min_psnr: float = 30.0
+    min_psnr: float | None = None
     wm_dir: Path | None = None
     clean_dir: Path | None = None
     clip: str | None = None
@@ -283,7 +284,7 @@ def _render_population(n: int, seed: int, size: int, model: object) -> np.ndarra
     return imgs
 
 
-def _posthoc_population(tok, green_lists, n: int, *, folder: Path, seed: int, min_psnr: float, batch_size: int,
+def _posthoc_population(tok, green_lists, n: int, *, folder: Path, seed: int, min_psnr: float | None, batch_size: int,
                         model: object = "reference", on_chunk=None) -> tuple[dict, dict]:
     """Render n held-out scenes (clean) and mark them post hoc (watermarked); PSNR/SSIM per image."""
     from ..watermark import watermark_image

@@ -43,7 +43,8 @@ class ManifestRow:
         applied: the watermark was embedded (generate: the processor ran with effective settings;
             posthoc: an iterate was kept, i.e. `iterations` > 0); None on error rows.
         seed, cfg, temperature, top_k, top_p: generate: the sampling settings; posthoc: None.
-        min_psnr: posthoc: the PSNR floor in dB; generate: None.
+        min_psnr: posthoc: the PSNR floor applied to this image in dB (the absolute `--min-psnr`, or the default:
+            30 dB or 3 dB below the image's round trip); generate: None.
         psnr: posthoc: dB of the written image against the input (None when written unchanged).
         green_share_before, green_share_after: posthoc: share of green tokens in the chosen list before
             marking and after re-encoding the written PNG.
