@@ -97,14 +97,15 @@ def main() -> None:
         images = quantize(tok.decode(codes))
         reenc = tok.encode(images)
         k = args.n_share
-        adher, per_image = prompt_adherence(clf, images[: args.n_adherence], prompts[: args.n_adherence])
+        if args.n_adherence > 0:
+            adher, per_image = prompt_adherence(clf, images[: args.n_adherence], prompts[: args.n_adherence])
         results[variant] = {
             "green_share_generated": stats(gl.green_share(codes[:k], idx[:k])),
             "green_share_reencoded": stats(gl.green_share(reenc[:k], idx[:k])),
             "roundtrip_token_agreement": round(float((reenc[:k] == codes[:k]).float().mean()), 4),
             "adherence": {"shape": round(adher.shape, 4), "colour": round(adher.colour, 4),
                           "both": round(adher.both, 4), "images_all_correct": round(float(per_image.float().mean()), 4),
-                          "n_objects": adher.n_objects, "n_images": len(per_image)},
+                          "n_objects": adher.n_objects, "n_images": len(per_image)} if args.n_adherence > 0 else None,
             "seconds": round(time.time() - t0, 1),
         }
         if variant == "none":
@@ -149,9 +150,9 @@ def main() -> None:
           f"{'img ok':>8}")
     for v, name in (("none", "none"), ("soft", f"soft d={args.delta:g}"), ("hard", "hard")):
         r = g[v]
+        a = r["adherence"] or {k: float("nan") for k in ("shape", "colour", "both", "images_all_correct")}
         print(f"{name:<10}{r['green_share_generated']['mean']:>11.3f}{r['green_share_reencoded']['mean']:>14.3f}"
-              f"{r['adherence']['shape']:>11.3f}{r['adherence']['colour']:>12.3f}{r['adherence']['both']:>10.3f}"
-              f"{r['adherence']['images_all_correct']:>8.3f}")
+              f"{a['shape']:>11.3f}{a['colour']:>12.3f}{a['both']:>10.3f}{a['images_all_correct']:>8.3f}")
     print(f"(green share on {args.n_share} images, adherence on {args.n_adherence} images)")
     for name, p in posthoc.items():
         ps = p["psnr_db_of_marked"]
