@@ -241,7 +241,8 @@ def test_shipped_tiny_model_generate_png_detect_through_the_cli(tmp_path, monkey
     The shipped tiny pair detects about 60% of hard-mode PNGs at alpha 1e-4 (29/48 in
     bench/results/llamagen_tiny.json's n 48 check; the misses are maps with large flat regions of one code,
     which re-encode badly). With a fixed key and seed (deterministic) 3 of these 8 hard-mode PNGs are detected,
-    two of them at p < 1e-40; the test asserts that (>= 3, one at p < 1e-20) and that none of 8 clean PNGs
+    two of them at p < 1e-40; the test asserts >= 2 (a margin of one image for other CPUs' float rounding), one
+    at p < 1e-20 (no clean image comes near: the smallest clean p of 64 was 0.2), and that none of 8 clean PNGs
     is flagged.
     """
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
@@ -265,7 +266,7 @@ def test_shipped_tiny_model_generate_png_detect_through_the_cli(tmp_path, monkey
                             "--format", "jsonl"])
     recs = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.exit_code == 0 and len(recs) == 8, r.output
-    assert sum(rec["watermarked"] for rec in recs) >= 3, r.output
+    assert sum(rec["watermarked"] for rec in recs) >= 2, r.output
     assert min(rec["log10_p"] for rec in recs) < -20, r.output
     # the same prompts and seed without the watermark: saved, read back, not flagged
     from guard.imageio import save_png
