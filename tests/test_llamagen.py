@@ -242,7 +242,7 @@ def test_shipped_tiny_model_generate_png_detect_through_the_cli(tmp_path, monkey
     bench/results/llamagen_tiny.json's n 48 check; the misses are maps with large flat regions of one code,
     which re-encode badly). With a fixed key and seed (deterministic) 3 of these 8 hard-mode PNGs are detected,
     two of them at p < 1e-40; the test asserts >= 2 (a margin of one image for other CPUs' float rounding), one
-    at p < 1e-20 (no clean image comes near: the smallest clean p of 64 was 0.2), and that none of 8 clean PNGs
+    at p < 1e-20 (no clean image comes near: the smallest clean p of the 16 measured was 0.2), and that none of 8 clean PNGs
     is flagged.
     """
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
