@@ -66,6 +66,12 @@ def child_erase(concept: str, replacement: str, delta: str, *, seed: int, thread
     torch.save(result.pairs, Path(delta).with_suffix(".pairs.pt"))
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it lies inside it, else absolute (an --out elsewhere)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concepts", default="circle:square,red:blue")
@@ -175,7 +181,7 @@ def main() -> None:
         grid.write_bytes(Path(report["files"]["grid"]).read_bytes())
         csv_path = out_dir / f"{args.out.stem}_{c.name}.csv"
         csv_path.write_text(Path(report["files"]["csv"]).read_text())
-        entry["files"] = {"grid": str(grid.relative_to(ROOT)), "csv": str(csv_path.relative_to(ROOT))}
+        entry["files"] = {"grid": _shown(grid), "csv": _shown(csv_path)}
         entry["summary"] = summarize_rows(report["rows"])
         results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         args.out.write_text(json.dumps(results, indent=2) + "\n")
