@@ -64,6 +64,16 @@ def load_weights(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[dict[str, 
         raise ModelError(f"reference weights unreadable: {path} ({e}); {RETRAIN_HINT}") from None
 
 
+def _moved(owner, attr: str, device: str | torch.device):
+    """`owner` itself when its module `attr` is on `device`, else a shallow copy holding a moved deep copy."""
+    dev = torch.device(device)
+    if dev == next(getattr(owner, attr).parameters()).device:
+        return owner
+    other = copy.copy(owner)
+    setattr(other, attr, copy.deepcopy(getattr(owner, attr)).to(dev).eval())
+    return other
+
+
 class ReferenceTokenizer:
     """The reference VQ behind the `Tokenizer` protocol: 64x64 RGB <-> 16x16 codes (codebook size from its card)."""
 
@@ -103,12 +113,7 @@ class ReferenceTokenizer:
 
     def to(self, device: str | torch.device) -> "ReferenceTokenizer":
         """A copy of this tokenizer on `device` (this one, and the cached one it came from, stay put)."""
-        dev = torch.device(device)
-        if dev == self.device:
-            return self
-        other = copy.copy(self)
-        other.vq = copy.deepcopy(self.vq).to(dev).eval()
-        return other
+        return _moved(self, "vq", device)
 
     def _check_images(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1:] != (3, 64, 64):
@@ -165,12 +170,9 @@ class ReferenceGenerator:
 
     def to(self, device: str | torch.device) -> "ReferenceGenerator":
         """A copy of this generator (GPT and tokenizer) on `device`; the cached one stays put."""
-        dev = torch.device(device)
-        if dev == self.device:
-            return self
-        other = copy.copy(self)
-        other.gpt = copy.deepcopy(self.gpt).to(dev).eval()
-        other._tokenizer = self._tokenizer.to(dev)
+        other = _moved(self, "gpt", device)
+        if other is not self:
+            other._tokenizer = self._tokenizer.to(device)
         return other
 
     def generate(
