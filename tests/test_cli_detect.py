@@ -91,7 +91,7 @@ def test_image_command_with_search_tokens_and_heatmap(env):
 
     line = r.stdout.splitlines()[1].split()
     assert line[0] in ("yes", "no") and line[5] in search_transforms(64, (16, 16), True)
-    assert "200 looks per image" in _flat(r.output)
+    assert "328 looks per image" in _flat(r.output)
     with Image.open(heat) as im:
         assert im.format == "PNG" and im.width > 2 * 256
     r = runner.invoke(app, ["detect", "image", str(f), "--key", env["key"], "--test", "tokens"])

@@ -280,8 +280,9 @@ def test_search_looks_at_the_exact_inverse_of_flips_and_turns(attack, inverse):
 def test_search_transforms_are_named_shape_preserving_and_identity_first():
     ts = search_transforms(64, (16, 16), True)
     names = list(ts)
-    assert names[0] == "identity" and len(names) == 25
-    assert {"hflip", "vflip", "rot90", "rot180", "rot270", "rot+2", "rot-2", "rot+5", "rot-5"} <= set(names)
+    assert names[0] == "identity" and len(names) == 41
+    assert {"hflip", "vflip", "rot90", "rot180", "rot270", "rot+1", "rot-1", "rot+10", "rot-10"} <= set(names)
+    assert sum(n.startswith(("rot+", "rot-")) for n in names) == 20
     assert sum(n.startswith("shift(") for n in names) == 15
     x = torch.rand(2, 3, 64, 64)
     for fn in ts.values():

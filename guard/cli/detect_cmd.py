@@ -75,8 +75,8 @@ TrustAnchorsOpt = Annotated[Path | None, typer.Option(
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write records to this file instead of stdout.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level in (0, 1): watermarked when the "
                                                           "corrected p <= alpha.")]
-SearchOpt = Annotated[bool, typer.Option("--search", help="Also try flips, 90° turns, ±2°/±5° rotations and "
-                                                          "sub-cell crop offsets (corrected over all of them).")]
+SearchOpt = Annotated[bool, typer.Option("--search", help="Also try flips, 90° turns, rotations of 1° to 10° either "
+                                                          "way and sub-cell crop offsets (40 more looks, corrected).")]
 TestOpt = Annotated[Test, typer.Option("--test", help="'distinct' (exact, default) or 'tokens' (approximate "
                                                       "binomial on tokens; calibrate before trusting it).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip files already in --out (by real path) and append "

@@ -165,13 +165,19 @@ def _shift(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return F.pad(out, (0, dx, 0, dy), mode="replicate") if (dx or dy) else out
 
 
+# Small rotations a search undoes (degrees, counter-clockwise positive): a 1° grid up to 10° either way.
+SEARCH_ROTATIONS = tuple(d for a in range(1, 11) for d in (a, -a))
+
+
 def search_transforms(image_size: int, grid: tuple[int, int], search: bool) -> dict[str, Callable]:
     """The named transforms a search tries, identity first.
 
-    With `search`: flips, 90° turns, small rotations (±2°, ±5°) and crop re-alignment offsets — the
-    content moved by a quarter, half and three quarters of a token cell in x and/or y (cells of 4 px
-    give shifts of 1, 2, 3 px; 15 offsets). Tokens carry no position in a context-free green list, so
-    sub-cell phases are the only misalignments that matter.
+    With `search`: flips, 90° turns, small rotations (every degree from -10° to +10°) and crop
+    re-alignment offsets — the content moved by a quarter, half and three quarters of a token cell in x
+    and/or y (cells of 4 px give shifts of 1, 2, 3 px; 15 offsets). Tokens carry no position in a
+    context-free green list, so sub-cell phases are the only misalignments a crop without rescaling
+    leaves. Rotations are a 1° grid because on the reference tokenizer a look 1° away from the attack's
+    angle keeps about half of what the exact inverse recovers, and 2° away almost nothing.
     """
     ts: dict[str, Callable] = {"identity": lambda x: x}
     if not search:
@@ -183,7 +189,7 @@ def search_transforms(image_size: int, grid: tuple[int, int], search: bool) -> d
         "rot180": lambda x: x.rot90(2, (-2, -1)),
         "rot270": lambda x: x.rot90(3, (-2, -1)),
     })
-    for deg in (2, -2, 5, -5):
+    for deg in SEARCH_ROTATIONS:
         ts[f"rot{deg:+d}"] = lambda x, d=deg: _rotate(x, d)
     cell = max(1, image_size // max(grid))
     phases = sorted({round(cell * q / 4) for q in (1, 2, 3)} - {0, cell})
