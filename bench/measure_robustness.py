@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--full-attacks", default="jpeg,noise,blur,crop,rotate,ar_resample",
                    help="attacks measured at every strength of their grid (the rest at their summary point)")
     p.add_argument("--search", action="store_true", help="detect with --search")
+    p.add_argument("--seed", type=int, default=0, help="prompts, sampling, list indices and attacks (0: the README's "
+                   "populations; another seed gives fresh images, e.g. to report on images no choice was made on)")
     p.add_argument("--spoof-observed", default="10,100,1000")
     p.add_argument("--spoof-lists", default="1,64,8", help="pool sizes K, generated in this order (K=8 reuses the "
                    "soft evaluation's watermarked set, so it goes last)")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {
         "command": "nice -n 10 python bench/measure_robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "guard_version": __version__, "generator_id": gen.id, "tokenizer_id": tok.id, "n_per_population": args.n,
-        "gamma": 0.25, "n_lists": 8, "delta": args.delta, "search": args.search, "python": platform.python_version(),
+        "gamma": 0.25, "n_lists": 8, "delta": args.delta, "search": args.search, "seed": args.seed, "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": args.threads,
         "thresholds": "TPR at alpha: corrected p <= alpha (nothing fitted). Empirical TPR@FPR: threshold from the "
                       "clean images under the same attack; *_split: fitted on half of them, FPR reported on the other "
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"eval {mode}: n={args.n}, {len(attacks)} attack settings -> {out}")
         t1 = time.time()
         summary = run_eval(EvalConfig(out=out, n=args.n, mode=mode, delta=args.delta, key=key8, attacks=attacks,
-                                      search=args.search, batch_size=args.batch_size),
+                                      search=args.search, batch_size=args.batch_size, seed=args.seed),
                            progress=lambda stage, k: None)
         summary["seconds"] = round(time.time() - t1, 1)
         result["modes"][mode] = {k: summary[k] for k in ("table", "attacks", "timings_s", "seconds", "posthoc_quality")
