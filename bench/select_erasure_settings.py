@@ -28,7 +28,13 @@ CONFIGS = {"default": {}, "eta2": {"eta": 2.0}, "pairs64": {"candidates": 128, "
 
 
 def config(name: str) -> dict:
-    """EarConfig overrides of a variant: a name in CONFIGS, or `preserve<weight>` (e.g. preserve24)."""
+    """EarConfig overrides of a variant: a name in CONFIGS, `preserve<weight>` (e.g. preserve24), or several
+    joined by '+' (e.g. preserve32+eta2)."""
+    if "+" in name:
+        out: dict = {}
+        for part in name.split("+"):
+            out.update(config(part))
+        return out
     if name in CONFIGS:
         return CONFIGS[name]
     if name.startswith("preserve"):
