@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--steer-eta", type=float, default=3.0)
     p.add_argument("--steer-anchored-eta", type=float, default=None,
                    help="also evaluate ConceptSteering anchored on the replacement ('a <replacement>') at this eta")
+    p.add_argument("--no-steer", action="store_true", help="evaluate the original and EAR only (no steering variants)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/guard-erasure-bench"))
@@ -107,7 +108,8 @@ def main() -> None:
     results = {"command": "python bench/measure_erasure.py " + " ".join(sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
                            "torch": torch.__version__, "load_avg_start": [round(x, 2) for x in os.getloadavg()]},
-               "base_model": base.id, "n_per_set": args.n, "steer_eta": args.steer_eta, "steer_anchored_eta": args.steer_anchored_eta, "preserve": args.preserve,
+               "base_model": base.id, "n_per_set": args.n, "steer_eta": None if args.no_steer else args.steer_eta,
+               "steer_anchored_eta": None if args.no_steer else args.steer_anchored_eta, "preserve": args.preserve,
                "ear_overrides": requested, "concepts": {}}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
@@ -159,10 +161,11 @@ def main() -> None:
                 entry.setdefault("ablation_cards", {})[name] = json.loads(path.with_suffix(".json").read_text())
                 variants.append(Variant(name, load_erased(base, path), description=name))
         prompt = STEER_PROMPT.format(concept=c.name)
-        variants.append(Variant(f"steer-{args.steer_eta:g}", base,
-                                lambda g, prompt=prompt: [ConceptSteering(g, {prompt: args.steer_eta})],
-                                f"ConceptSteering({prompt!r}: {args.steer_eta:g})"))
-        if args.steer_anchored_eta is not None:
+        if not args.no_steer:
+            variants.append(Variant(f"steer-{args.steer_eta:g}", base,
+                                    lambda g, prompt=prompt: [ConceptSteering(g, {prompt: args.steer_eta})],
+                                    f"ConceptSteering({prompt!r}: {args.steer_eta:g})"))
+        if args.steer_anchored_eta is not None and not args.no_steer:
             anchor, eta = STEER_PROMPT.format(concept=r.name), args.steer_anchored_eta
             variants.append(Variant(f"steer-anchored-{eta:g}", base,
                                     lambda g, prompt=prompt, anchor=anchor, eta=eta:
