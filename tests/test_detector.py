@@ -330,3 +330,20 @@ def test_a_key_for_another_tokenizer_is_refused():
     other = GreenLists(WatermarkKey.create(Other()), Other())
     with pytest.raises(KeyFileError, match="made for tokenizer"):
         Detector(other, a.tokenizer)
+
+
+def test_search_undoes_a_10_degree_rotation_that_defeats_plain_detection():
+    # The attack harness's rotation (8-bit PNG pixels before and after), on hard-marked images of the shipped
+    # model: without search the token grid no longer lines up; the 1-degree rotation grid of the search holds
+    # the exact inverse and finds the mark, and the rotated clean images stay unflagged.
+    from guard.eval.attacks import apply_attack
+
+    a = reference_assets()
+    marked = quantize8(apply_attack("rotate", a.hard_images, 10, seed=0))
+    clean = quantize8(apply_attack("rotate", a.clean_images[:4], 10, seed=0))
+    plain = Detector(a.lists_a, a.tokenizer).detect_images(marked)
+    searched = Detector(a.lists_a, a.tokenizer, search=True).detect_images(torch.cat([marked, clean]))
+    assert sum(r.watermarked for r in plain) <= 1
+    found = [r for r in searched[:4] if r.watermarked]
+    assert len(found) >= 3 and all(r.transform in ("rot-10", "rot-9", "rot-11") for r in found)
+    assert not any(r.watermarked for r in searched[4:])
