@@ -18,7 +18,7 @@ import torch
 
 from guard.eval.harness import eval_prompts, padded_count
 from guard.models.reference import load_classifier
-from guard.models.reference.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, parse_background, parse_prompt
+from guard.models.reference.classifier import adherence_counts, adherence_from_counts
 
 
 def population(folder: Path, n: int) -> np.ndarray:
@@ -31,28 +31,12 @@ def population(folder: Path, n: int) -> np.ndarray:
     return ims[:n]
 
 
-def judge(clf, images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Per-prompt counts (n_objects, shape ok, colour ok, background ok) as arrays of length len(prompts)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    pred = torch.cat([clf.predict(x[i:i + 256]) for i in range(0, len(x), 256)])
-    out = {k: np.zeros(len(prompts)) for k in ("objects", "shape", "colour", "backgrounds", "background")}
-    for i, p in enumerate(prompts):
-        bg = parse_background(p)
-        if bg is not None:
-            out["backgrounds"][i] = 1
-            out["background"][i] = int(pred[i, 0, 3]) == BACKGROUNDS.index(bg)
-        for shape, colour, _size, pos in parse_prompt(p):
-            q = POSITIONS.index(pos)
-            out["objects"][i] += 1
-            out["shape"][i] += int(pred[i, q, 0]) == SHAPES.index(shape) + 1
-            out["colour"][i] += int(pred[i, q, 1]) == COLOURS.index(colour)
-    return out
+def judge(clf, images: np.ndarray, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Per-prompt adherence counts of uint8 (B, H, W, 3) images (`classifier.adherence_counts`)."""
+    return adherence_counts(clf, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, prompts)
 
 
-def rates(c: dict[str, np.ndarray], idx: np.ndarray | slice = slice(None)) -> dict[str, float]:
-    return {"shape": c["shape"][idx].sum() / c["objects"][idx].sum(),
-            "colour": c["colour"][idx].sum() / c["objects"][idx].sum(),
-            "background": c["background"][idx].sum() / max(c["backgrounds"][idx].sum(), 1)}
+FIELDS = ("shape", "colour", "background")
 
 
 def main() -> None:
@@ -70,16 +54,19 @@ def main() -> None:
         folder = args.workdir / mode / "populations" / "watermarked"
         if folder.exists():
             counts[mode] = judge(clf, population(folder, args.n), prompts)
+    rates = {k: adherence_from_counts(c) for k, c in counts.items()}
     rng = np.random.default_rng(0)
-    boots = [rng.integers(0, args.n, args.n) for _ in range(args.bootstrap)]
+    boots = [torch.from_numpy(rng.integers(0, args.n, args.n)) for _ in range(args.bootstrap)]
     result = {"command": "python bench/measure_quality_cost.py " + " ".join(__import__("sys").argv[1:]),
-              "n": args.n, "populations": {k: rates(c) for k, c in counts.items()}, "paired_difference": {}}
+              "n": args.n, "populations": {k: {f: getattr(a, f) for f in FIELDS} for k, a in rates.items()},
+              "paired_difference": {}}
     base = counts["clean"]
     for mode in [m for m in counts if m != "clean"]:
         diff = {}
-        for what in ("shape", "colour", "background"):
-            point = rates(counts[mode])[what] - rates(base)[what]
-            bs = np.array([rates(counts[mode], b)[what] - rates(base, b)[what] for b in boots])
+        pairs = [(adherence_from_counts(counts[mode], b), adherence_from_counts(base, b)) for b in boots]
+        for what in FIELDS:
+            point = getattr(rates[mode], what) - getattr(rates["clean"], what)
+            bs = np.array([getattr(m, what) - getattr(c, what) for m, c in pairs])
             diff[what] = {"points": round(100 * point, 2), "ci95": [round(100 * float(np.percentile(bs, 2.5)), 2),
                                                                    round(100 * float(np.percentile(bs, 97.5)), 2)]}
         result["paired_difference"][mode] = diff

@@ -75,27 +75,40 @@ class Adherence:
     n_backgrounds: int = 0
 
 
-def prompt_adherence(classifier: SceneClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[Adherence, torch.Tensor]:
-    """Judge each image against its prompt. Returns the summary and a per-image bool (all objects right)."""
+ADHERENCE_COUNTS = ("objects", "shape", "colour", "both", "backgrounds", "background")
+
+
+def adherence_counts(classifier: SceneClassifier, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Judge each image against its prompt, per prompt: long tensors (len(prompts),) of prompted objects and of
+    those whose shape / colour / both the classifier confirms, and of named backgrounds (0 or 1) and confirmed ones.
+    Sums over any subset of prompts give that subset's `Adherence` (e.g. for a bootstrap over prompts)."""
     pred = torch.cat([classifier.predict(images[i:i + 256]) for i in range(0, len(images), 256)])
-    ok_s = ok_c = ok_b = n = ok_g = n_g = 0
-    per_image = torch.zeros(len(prompts), dtype=torch.bool)
+    out = {k: torch.zeros(len(prompts), dtype=torch.long) for k in ADHERENCE_COUNTS}
     for i, p in enumerate(prompts):
-        all_ok = True
         background = parse_background(p)
         if background is not None:
-            g_ok = int(pred[i, 0, 3]) == BACKGROUNDS.index(background)
-            ok_g += g_ok
-            n_g += 1
-            all_ok &= g_ok
+            out["backgrounds"][i] = 1
+            out["background"][i] = int(int(pred[i, 0, 3]) == BACKGROUNDS.index(background))
         for shape, colour, _size, pos in parse_prompt(p):
             q = POSITIONS.index(pos)
             s_ok = int(pred[i, q, 0]) == SHAPES.index(shape) + 1
             c_ok = int(pred[i, q, 1]) == COLOURS.index(colour)
-            ok_s += s_ok
-            ok_c += c_ok
-            ok_b += s_ok and c_ok
-            all_ok &= s_ok and c_ok
-            n += 1
-        per_image[i] = all_ok
-    return Adherence(ok_s / n, ok_c / n, ok_b / n, n, ok_g / n_g if n_g else float("nan"), n_g), per_image
+            out["objects"][i] += 1
+            out["shape"][i] += s_ok
+            out["colour"][i] += c_ok
+            out["both"][i] += s_ok and c_ok
+    return out
+
+
+def adherence_from_counts(counts: dict[str, torch.Tensor], index=slice(None)) -> Adherence:
+    """The `Adherence` of the prompts at `index` (all by default) from `adherence_counts`."""
+    c = {k: int(v[index].sum()) for k, v in counts.items()}
+    n, n_g = c["objects"], c["backgrounds"]
+    return Adherence(c["shape"] / n, c["colour"] / n, c["both"] / n, n, c["background"] / n_g if n_g else float("nan"), n_g)
+
+
+def prompt_adherence(classifier: SceneClassifier, images: torch.Tensor, prompts: list[str]) -> tuple[Adherence, torch.Tensor]:
+    """Judge each image against its prompt. Returns the summary and a per-image bool (all objects right)."""
+    counts = adherence_counts(classifier, images, prompts)
+    per_image = (counts["both"] == counts["objects"]) & (counts["background"] == counts["backgrounds"])
+    return adherence_from_counts(counts), per_image
