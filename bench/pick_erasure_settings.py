@@ -1,22 +1,24 @@
-"""Print the EAR overrides (for bench/measure_erasure.py) chosen on the validation seed (select_erasure_settings.py's JSON).
-Rule (stated before the reported run): the selection's `chosen` variant; if no variant keeps both non-target
-adherences within 2 points of the original, the variant with the smallest worst non-target drop among those
-with a validation concept rate <= 5%, else the lowest concept rate.
+"""Print measure_erasure.py's arguments for the EAR variant a validation selection chose.
+
+Reads a `select_erasure_settings.py` record and applies its rule (`select_erasure_settings.choose`): the chosen
+variant, or its fallback when no variant keeps the 2-point non-target budget.
 
     python bench/pick_erasure_settings.py bench/results/v2/erasure_selection_red.json
-    # -> --preserve 20.0 --ear-overrides '{}'   (arguments for measure_erasure.py)
+    # -> --preserve 20.0 --ear-overrides '{}'
 """
-import json, sys
-d = json.load(open(sys.argv[1]))
-ch = d["chosen"]["ear"]["chosen"]
-val = d["validation"]; o = val["original"]
-if ch is None:
-    ears = [k for k in val if k.startswith("ear-")]
-    drop = lambda k: max(o["non_target_adherence_shape"] - val[k]["non_target_adherence_shape"],
-                         o["non_target_adherence_colour"] - val[k]["non_target_adherence_colour"])
-    ok = [k for k in ears if val[k]["rate_target"] <= 0.05]
-    ch = min(ok, key=drop) if ok else min(ears, key=lambda k: val[k]["rate_target"])
-    print(f"fallback: {ch}", file=sys.stderr)
-cfg = dict(d["configs"][ch.removeprefix("ear-")])
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from select_erasure_settings import choose  # noqa: E402
+
+record = json.loads(Path(sys.argv[1]).read_text())
+names = [n for n in record["validation"] if n.startswith("ear-")]
+choice = choose(record["validation"], names)
+name = choice["chosen"] or choice["fallback"]
+if choice["chosen"] is None:
+    print(f"no variant keeps the budget; fallback: {name}", file=sys.stderr)
+cfg = dict(record["configs"][name.removeprefix("ear-")])
 preserve = cfg.pop("preserve", 4.0)
 print(f"--preserve {preserve} --ear-overrides '{json.dumps(cfg)}'")

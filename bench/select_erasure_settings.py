@@ -46,6 +46,25 @@ def config(name: str) -> dict:
 STEER = [(3.0, False), (3.0, True), (6.0, True)]  # (eta, anchored on 'a <replacement>')
 
 
+NON_TARGET = ("non_target_adherence_shape", "non_target_adherence_colour")
+
+
+def choose(val: dict, names: list[str]) -> dict:
+    """The rule, fixed before looking: among `names` whose non-target shape and colour adherence are both >= the
+    original's - 2 points, the lowest validation concept rate. When none keeps that budget (`fallback`): the
+    smallest worst non-target drop among those with a concept rate <= 5%, else the lowest concept rate."""
+    orig = val["original"]
+    drop = lambda n: max(orig[k] - val[n][k] for k in NON_TARGET)
+    rate = lambda n: val[n]["rate_target"]
+    passing = [n for n in names if drop(n) <= 0.02]
+    out = {"passing": passing, "chosen": min(passing, key=rate) if passing else None,
+           "lowest_rate_any": min(names, key=rate)}
+    if not passing:
+        low = [n for n in names if rate(n) <= 0.05]
+        out["fallback"] = min(low, key=drop) if low else min(names, key=rate)
+    return out
+
+
 def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
@@ -89,17 +108,8 @@ def main() -> None:
                               n_non_target=args.n_non_target, seed=args.seed, judge=judge, out_dir=work / "val",
                               cache_dir=work / "cache", log=log)
     val = summarize_rows(report["rows"])
-    orig = val["original"]
 
-    def keeps(v: dict) -> bool:
-        return all(v[k] >= orig[k] - 0.02 for k in ("non_target_adherence_shape", "non_target_adherence_colour"))
-
-    chosen = {}
-    for fam, names in families.items():
-        passing = [n for n in names if keeps(val[n])]
-        chosen[fam] = {"passing": passing,
-                       "chosen": min(passing, key=lambda n: val[n]["rate_target"]) if passing else None,
-                       "lowest_rate_any": min(names, key=lambda n: val[n]["rate_target"])}
+    chosen = {fam: choose(val, names) for fam, names in families.items()}
     log("chosen " + json.dumps(chosen))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
@@ -108,7 +118,8 @@ def main() -> None:
         "n_non_target": args.n_non_target, "configs": configs,
         "steering": [] if args.no_steer else [{"eta": e, "anchor": ap if a else None} for e, a in STEER],
         "rule": "among variants of a family with non-target shape and colour >= original - 2 points, the lowest "
-                "validation concept rate", "validation": val, "chosen": chosen}, indent=2, default=list) + "\n")
+                "validation concept rate; if none, `fallback`: the smallest worst non-target drop among rates <= 5%, "
+                "else the lowest rate (choose())", "validation": val, "chosen": chosen}, indent=2, default=list) + "\n")
 
 
 if __name__ == "__main__":
