@@ -76,7 +76,7 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Write records to thi
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Significance level in (0, 1): watermarked when the "
                                                           "corrected p <= alpha.")]
 SearchOpt = Annotated[bool, typer.Option("--search", help="Also try flips, 90° turns, rotations of 1° to 10° either "
-                                                          "way and sub-cell crop offsets (40 more looks, corrected).")]
+                                                          "way and sub-cell crop offsets (41 transforms, each corrected).")]
 TestOpt = Annotated[Test, typer.Option("--test", help="'distinct' (exact, default) or 'tokens' (approximate "
                                                       "binomial on tokens; calibrate before trusting it).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Skip files already in --out (by real path) and append "
